@@ -1,0 +1,59 @@
+"""The interface every target (local, azure) implements. No Airflow import here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from bakery.record import BakeRecord, SmokeResult
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    path: str = "/"
+    port: int = 80
+    expect_status: int = 200
+    expect_text: str = "Welcome to nginx"
+    timeout_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    image: str
+    version: str
+    created: str  # ISO-8601 UTC
+    pinned: bool = False
+    published_id: str = ""
+
+
+class Target(Protocol):
+    name: str
+
+    def prepare(
+        self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log
+    ) -> tuple[dict[str, Any], str | None]:
+        """Return (Packer variables for this bake, digest of the base image or None)."""
+
+    def artifact_id(self, artifact: dict[str, Any]) -> str:
+        """The id of the built image from a Packer artifact (local: disk path; azure: image id)."""
+
+    def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult: ...
+
+    def publish(self, record: BakeRecord, log: Log) -> str:
+        """Publish the record's artifact as version ``record.version``; return its published id.
+
+        Atomic and idempotent: re-publishing the same run's version is a no-op.
+        """
+
+    def list_versions(self, image: str) -> list[PublishedVersion]: ...
+
+    def prune(
+        self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log
+    ) -> list[str]:
+        """Delete all but the ``keep`` newest versions (never one in ``protect``, never the highest).
+
+        Returns the versions deleted (or that would be, with ``dry_run``).
+        """

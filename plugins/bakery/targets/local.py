@@ -1,0 +1,304 @@
+"""The local target: smoke-test with QEMU on this machine, publish to a gallery on the filesystem.
+
+Gallery layout (``$BAKERY_HOME/gallery`` by default)::
+
+    <image>/<version>/disk.qcow2       the published disk (never modified after publish)
+    <image>/<version>/metadata.json    provenance: version, digests, run ids, smoke verdict, size
+    <image>/latest -> <version>        symlink, always the highest published version
+    <image>/.lock                      flock serialising publish and prune of one image
+    <image>/.staging-* / .trash-*      in-flight publish / delete (never a visible version)
+
+A version becomes visible only by ``rename(2)`` of a complete staging folder, so no half-written
+version is ever visible; publishing the same run again is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from bakery.http_check import poll_http
+from bakery.paths import REPO_ROOT, bakery_home, gallery_root
+from bakery.record import BakeRecord, SmokeResult
+from bakery.targets.base import Log, PublishedVersion, SmokeCheck
+from bakery.versioning import VersionError, parse_version, version_key
+
+DISK_NAME = "disk.qcow2"
+META_NAME = "metadata.json"
+
+
+class GalleryError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+BASE_IMAGE_SCRIPT = REPO_ROOT / "scripts" / "build-base-image.sh"
+
+
+def ensure_base_image(log: Log) -> Path:
+    """Run the (cached) base image recipe; return the image path it prints last."""
+    env = {**os.environ, "BAKERY_HOME": str(bakery_home())}
+    proc = subprocess.Popen(
+        ["bash", str(BASE_IMAGE_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=env, start_new_session=True,
+    )
+    last = ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line:
+                last = line
+                log(f"base image: {line}")
+        rc = proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        raise
+    if rc != 0:
+        raise GalleryError(f"{BASE_IMAGE_SCRIPT} failed with exit code {rc}: {last}")
+    path = Path(last.strip())
+    if not path.is_file():
+        raise GalleryError(f"{BASE_IMAGE_SCRIPT} did not print an existing image path (last line: {last!r})")
+    return path
+
+
+class LocalTarget:
+    name = "local"
+
+    def __init__(self, gallery: Path | None = None, *, vm_memory_mb: int = 1024, vm_cpus: int = 2):
+        self.gallery = Path(gallery) if gallery else gallery_root()
+        self.vm_memory_mb = vm_memory_mb
+        self.vm_cpus = vm_cpus
+
+    # ---- build inputs -----------------------------------------------------------------------
+    def prepare(self, spec, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log):
+        """Make sure the base image exists (cached build), return Packer variables + base digest."""
+        from bakery.accel import detect_accelerator
+
+        base = ensure_base_image(log)
+        checksum = Path(str(base) + ".sha256").read_text().split()[0]
+        accel = detect_accelerator() if accelerator == "auto" else accelerator
+        if accel not in ("kvm", "tcg"):
+            raise ValueError(f"accelerator must be auto, kvm or tcg, not {accelerator!r}")
+        log(f"base image {base} (sha256 {checksum[:12]}...), accelerator {accel}")
+        variables = {
+            "base_image_path": str(base),
+            "base_image_checksum": f"sha256:{checksum}",
+            "output_directory": str(work_dir / "output"),
+            "vm_name": f"{spec.name}-{record.version}.qcow2",
+            "accelerator": accel,
+            "manifest_path": str(work_dir / "manifest.json"),
+            "image_version": record.version,
+        }
+        return variables, f"sha256:{checksum}"
+
+    def artifact_id(self, artifact: dict) -> str:
+        files = [f for f in artifact.get("files") or [] if f.endswith(".qcow2")]
+        if len(files) != 1:
+            raise GalleryError(f"expected one .qcow2 file in the Packer artifact, got {artifact.get('files')}")
+        return str(Path(files[0]).resolve())
+
+    # ---- smoke test -------------------------------------------------------------------------
+    def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult:
+        from bakery.qemu import QemuVM, sha256_file
+
+        disk = Path(record.artifact_id or "")
+        if not disk.is_file():
+            raise GalleryError(f"smoke test: the built disk {disk} does not exist")
+        before = sha256_file(disk)
+        serial_log = disk.parent / "smoke-serial.log"
+        log(f"booting {disk} read-only (-snapshot) to check http://<vm>:{check.port}{check.path}")
+        started = time.monotonic()
+        with QemuVM(
+            disk,
+            guest_port=check.port,
+            memory_mb=self.vm_memory_mb,
+            cpus=self.vm_cpus,
+            serial_log=serial_log,
+        ) as vm:
+            url = f"http://127.0.0.1:{vm.host_port}{check.path}"
+            result = poll_http(url, check, log=log, started=started, alive=vm.is_running)
+        after = sha256_file(disk)
+        if after != before:
+            return SmokeResult(False, result.seconds, result.status, f"the disk changed during the smoke test ({before} -> {after})")
+        if not result.passed and serial_log.exists():
+            tail = serial_log.read_text(errors="replace").splitlines()[-15:]
+            log("last lines of the VM's serial console:\n" + "\n".join(tail))
+        return result
+
+    # ---- gallery ----------------------------------------------------------------------------
+    def _image_dir(self, image: str) -> Path:
+        return self.gallery / image
+
+    @contextlib.contextmanager
+    def _locked(self, image: str) -> Iterator[Path]:
+        d = self._image_dir(image)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield d
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _versions(self, image_dir: Path) -> list[str]:
+        out = []
+        if not image_dir.is_dir():
+            return out
+        for p in image_dir.iterdir():
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith("."):
+                try:
+                    parse_version(p.name)
+                except VersionError:
+                    continue
+                if (p / META_NAME).is_file():
+                    out.append(p.name)
+        return sorted(out, key=version_key)
+
+    def _update_latest(self, image_dir: Path) -> str | None:
+        versions = self._versions(image_dir)
+        link = image_dir / "latest"
+        if not versions:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            return None
+        tmp = image_dir / f".latest-{uuid.uuid4().hex}"
+        os.symlink(versions[-1], tmp)
+        os.replace(tmp, link)
+        _fsync_dir(image_dir)
+        return versions[-1]
+
+    def latest(self, image: str) -> str | None:
+        link = self._image_dir(image) / "latest"
+        return os.readlink(link) if link.is_symlink() else None
+
+    def metadata(self, image: str, version: str) -> dict:
+        return json.loads((self._image_dir(image) / version / META_NAME).read_text())
+
+    def publish(self, record: BakeRecord, log: Log) -> str:
+        parse_version(record.version)
+        src = Path(record.artifact_id or "")
+        if not record.smoke or not record.smoke.get("passed"):
+            raise GalleryError(f"refusing to publish {record.image} {record.version}: the smoke test did not pass")
+        with self._locked(record.image) as image_dir:
+            final = image_dir / record.version
+            if final.exists():
+                return self._adopt_existing(record, final, log)
+            if not src.is_file():
+                raise GalleryError(f"publish: the built disk {src} does not exist")
+            staging = image_dir / f".staging-{record.version}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            try:
+                disk = staging / DISK_NAME
+                # a copy, not a hard link: the published disk must never share an inode with a
+                # work file that a later build or a retry could rewrite in place
+                shutil.copyfile(src, disk)
+                with open(disk, "rb") as fh:
+                    os.fsync(fh.fileno())
+                meta = {
+                    "image": record.image,
+                    "version": record.version,
+                    "template_digest": record.template_digest,
+                    "base_digest": record.base_digest,
+                    "packer_run_uuid": record.packer_run_uuid,
+                    "dag_run_id": record.dag_run_id,
+                    "run_type": record.run_type,
+                    "smoke_test": record.smoke,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "size_bytes": disk.stat().st_size,
+                    "disk": DISK_NAME,
+                    "pinned": False,
+                }
+                tmp_meta = staging / (META_NAME + ".tmp")
+                tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                with open(tmp_meta, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp_meta, staging / META_NAME)
+                _fsync_dir(staging)
+                os.rename(staging, final)  # the atomic step: the version becomes visible whole
+                _fsync_dir(image_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            latest = self._update_latest(image_dir)
+            log(f"published {record.image} {record.version} at {final} (latest -> {latest})")
+            return str(final)
+
+    def _adopt_existing(self, record: BakeRecord, final: Path, log: Log) -> str:
+        meta = json.loads((final / META_NAME).read_text())
+        same = (
+            meta.get("packer_run_uuid") == record.packer_run_uuid
+            and meta.get("dag_run_id") == record.dag_run_id
+        )
+        if not same:
+            raise GalleryError(
+                f"version {record.version} of {record.image} is already published at {final} by "
+                f"DAG run {meta.get('dag_run_id')!r} (packer run {meta.get('packer_run_uuid')}); "
+                "published versions are immutable: prune or remove it first, or bake another version"
+            )
+        self._update_latest(final.parent)
+        log(f"{record.image} {record.version} is already published by this run at {final}: nothing to do")
+        return str(final)
+
+    def list_versions(self, image: str) -> list[PublishedVersion]:
+        image_dir = self._image_dir(image)
+        out = []
+        for v in self._versions(image_dir):
+            meta = json.loads((image_dir / v / META_NAME).read_text())
+            out.append(
+                PublishedVersion(
+                    image=image,
+                    version=v,
+                    created=meta.get("created", ""),
+                    pinned=bool(meta.get("pinned")),
+                    published_id=str(image_dir / v),
+                )
+            )
+        return out
+
+    def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log) -> list[str]:
+        if keep < 1:
+            raise ValueError(f"prune: keep must be at least 1, got {keep}")
+        with self._locked(image) as image_dir:
+            versions = self.list_versions(image)
+            if not versions:
+                log(f"prune {image}: no published versions")
+                return []
+            highest = versions[-1].version
+            keep_set = {v.version for v in versions[-keep:]} | set(protect) | {highest}
+            doomed = [v for v in versions if v.version not in keep_set and not v.pinned]
+            for v in versions:
+                if v.pinned and v.version not in keep_set:
+                    log(f"prune {image}: keeping {v.version} (pinned)")
+            for v in doomed:
+                if dry_run:
+                    log(f"prune {image}: would delete {v.version} (dry run)")
+                    continue
+                src = image_dir / v.version
+                trash = image_dir / f".trash-{v.version}-{uuid.uuid4().hex[:8]}"
+                os.rename(src, trash)  # the version disappears atomically
+                shutil.rmtree(trash)
+                log(f"prune {image}: deleted {v.version} ({src})")
+            if not dry_run:
+                self._update_latest(image_dir)
+            kept = [v.version for v in versions if v not in doomed or dry_run]
+            log(f"prune {image}: kept {len(kept)} version(s): {', '.join(kept)}")
+            return [v.version for v in doomed]

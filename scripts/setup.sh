@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up on Debian 12 as root: apt packages, the virtualenv (pinned),
+# the Airflow metadata DB, and the Debian base image (cached by recipe).
+#   scripts/setup.sh            everything
+#   scripts/setup.sh --no-base  skip the base image (the tests build it themselves when needed)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+APT_PACKAGES=(packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs openssh-client curl
+              ca-certificates python3 python3-venv procps)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  [ "$(id -u)" = 0 ] || { echo "setup: need root to apt-get install: ${missing[*]}" >&2; exit 1; }
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The virtualenv: rebuilt only when requirements.txt or constraints.txt change.
+stamp="$BAKERY_VENV/.bakery-requirements.sha256"
+want="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$BAKERY_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating the virtualenv $BAKERY_VENV"
+  PY="$(command -v python3.11 || command -v python3)"
+  "$PY" -m venv "$BAKERY_VENV"
+  "$BAKERY_VENV/bin/pip" install -q --disable-pip-version-check \
+      -r "$REPO_ROOT/requirements.txt" -c "$REPO_ROOT/constraints.txt"
+  echo "$want" > "$stamp"
+fi
+
+# The Airflow metadata DB (SQLite under $AIRFLOW_HOME for the local default).
+mkdir -p "$AIRFLOW_HOME"
+if [ ! -f "$AIRFLOW_HOME/.bakery-db-ready" ]; then
+  log "migrating the Airflow metadata DB in $AIRFLOW_HOME"
+  airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
+  touch "$AIRFLOW_HOME/.bakery-db-ready"
+fi
+
+if [ "${1:-}" != "--no-base" ]; then
+  log "base image (cached by recipe)"
+  bash "$REPO_ROOT/scripts/build-base-image.sh" >&2
+fi
+log "ready"
