@@ -57,7 +57,7 @@ def prepare(
     wd = work_dir(spec.name, version)
     wd.mkdir(parents=True, exist_ok=True)
     target = get_target(spec.target)
-    variables, base_digest = target.prepare(spec, record, wd, accelerator=accelerator, log=log)
+    variables, base_digest = target.prepare(spec, record, wd, accelerator=accelerator, log=log)  # may fill record.extra
     record = replace(record, base_digest=base_digest)
     log(f"{spec.name}: version {version} ({run_type} run {dag_run_id}), template {record.template_digest}")
     return {"record": record.to_dict(), "packer_variables": {**spec.variables, **variables}}

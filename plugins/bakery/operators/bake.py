@@ -7,6 +7,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from bakery import bake
+from bakery.operators.packer import PackerOperator, _as_mapping
+from bakery.sshkey import ephemeral_keypair
 from bakery.catalogue import load_catalogue
 from bakery.record import BakeRecord
 from bakery.targets.base import SmokeCheck
@@ -37,6 +39,23 @@ class PrepareBakeOperator(BaseOperator):
             accelerator=self.accelerator,
             log=self.log.info,
         )
+
+
+class QemuPackerOperator(PackerOperator):
+    """PackerOperator for the local qemu templates: adds an ephemeral SSH key pair for this run.
+
+    The key pair lives in a private temporary folder for the duration of the Packer command
+    only; the guest gets the public key through QEMU fw_cfg (see include/packer/debian12-nginx).
+    """
+
+    def execute(self, context) -> dict[str, Any]:
+        with ephemeral_keypair(f"bakery-{self.task_id}") as (private_key, public_key):
+            self.variables = {
+                **_as_mapping(self.variables, "variables"),
+                "ssh_private_key_file": str(private_key),
+                "ssh_public_key_file": str(public_key),
+            }
+            return super().execute(context)
 
 
 class SmokeTestOperator(BaseOperator):

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from bakery.digest import sha256_file
 from bakery.http_check import poll_http
 from bakery.paths import REPO_ROOT, bakery_home, gallery_root
 from bakery.record import BakeRecord, SmokeResult
@@ -101,13 +102,14 @@ class LocalTarget:
         log(f"base image {base} (sha256 {checksum[:12]}...), accelerator {accel}")
         variables = {
             "base_image_path": str(base),
-            "base_image_checksum": f"sha256:{checksum}",
+            "base_image_checksum": checksum,
             "output_directory": str(work_dir / "output"),
             "vm_name": f"{spec.name}-{record.version}.qcow2",
             "accelerator": accel,
             "manifest_path": str(work_dir / "manifest.json"),
             "image_version": record.version,
         }
+        record.extra["accelerator"] = accel
         return variables, f"sha256:{checksum}"
 
     def artifact_id(self, artifact: dict) -> str:
@@ -118,7 +120,7 @@ class LocalTarget:
 
     # ---- smoke test -------------------------------------------------------------------------
     def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult:
-        from bakery.qemu import QemuVM, sha256_file
+        from bakery.qemu import QemuVM
 
         disk = Path(record.artifact_id or "")
         if not disk.is_file():
@@ -133,6 +135,8 @@ class LocalTarget:
             memory_mb=self.vm_memory_mb,
             cpus=self.vm_cpus,
             serial_log=serial_log,
+            accelerator=record.extra.get("accelerator"),
+            isolated=True,  # the guest cannot reach out; the port forward still works
         ) as vm:
             url = f"http://127.0.0.1:{vm.host_port}{check.path}"
             result = poll_http(url, check, log=log, started=started, alive=vm.is_running)

@@ -1,0 +1,185 @@
+"""PackerOperator: a thin Airflow adapter around bakery.packer.PackerRunner.
+
+Context in (templated fields, sensitive variables from ``get_sensitive_variables``), one Packer
+command run with every UI line streamed into the task log, a small JSON-able dict out (XCom).
+
+Stopping: Airflow 3's task runner calls ``on_kill`` from its SIGTERM handler (task killed, marked
+failed/success from the UI, heartbeat lost) and after ``AirflowTaskTimeout`` (``execution_timeout``,
+raised by SIGALRM inside ``execute``). ``on_kill`` calls ``PackerRunner.terminate()``; in addition
+the runner itself stops Packer's process group on any exception escaping the run (the timeout,
+KeyboardInterrupt) and on SIGTERM while Packer runs, so Packer always gets its SIGTERM and the
+grace period to clean up its builder before anything is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from airflow.sdk import BaseOperator
+
+from bakery.packer.runner import PackerError, PackerResult, PackerRunner
+
+Command = Literal["init", "validate", "build"]
+COMMANDS = ("init", "validate", "build")
+
+
+def _as_mapping(value: Any, field: str) -> dict[str, Any]:
+    """A rendered template field as a dict (native rendering gives one; string rendering a repr)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(value)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    raise ValueError(
+        f"PackerOperator {field} must be a dict of Packer variables, got {type(value).__name__}: {value!r:.200}"
+    )
+
+
+def _as_list(value: Any, field: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            for parse in (json.loads, ast.literal_eval):
+                try:
+                    parsed = parse(stripped)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(parsed, list):
+                    return [str(v) for v in parsed]
+        return [value]
+    if isinstance(value, Sequence):
+        return [str(v) for v in value]
+    raise ValueError(f"PackerOperator {field} must be a list of paths, got {type(value).__name__}")
+
+
+class PackerOperator(BaseOperator):
+    """Run ``packer init|validate|build`` on a template folder (or template file).
+
+    :param template_dir: folder of an HCL2 template (or a ``*.pkr.hcl`` / legacy ``*.json`` file).
+        Packer runs with this folder as its working directory. Templated.
+    :param command: ``init``, ``validate`` or ``build``. ``validate`` and ``build`` run ``packer
+        init`` first when the template declares ``required_plugins`` and Packer is >= 1.7.
+    :param variables: non-sensitive Packer variables (written to a private var-file). Templated.
+    :param var_files: extra var-files, relative to ``template_dir`` or absolute. Templated.
+    :param only: build names for ``-only`` (``type.name``, e.g. ``qemu.debian12``).
+    :param packer_bin: the Packer executable.
+    :param kill_grace_seconds: how long Packer may take to clean up after SIGTERM before SIGKILL.
+    :param manifest_path: the manifest post-processor's output; when set, the entry of *this*
+        run is attached to the result. Relative to ``template_dir``. Templated.
+    """
+
+    template_fields: Sequence[str] = ("template_dir", "variables", "var_files", "manifest_path")
+    ui_color = "#02a8ef"
+
+    def __init__(
+        self,
+        *,
+        template_dir: str,
+        command: Command = "build",
+        variables: dict[str, Any] | None = None,
+        var_files: list[str] | None = None,
+        only: list[str] | None = None,
+        packer_bin: str = "packer",
+        kill_grace_seconds: int = 120,
+        manifest_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if command not in COMMANDS:
+            raise ValueError(f"PackerOperator command must be one of {COMMANDS}, got {command!r}")
+        self.template_dir = template_dir
+        self.command = command
+        self.variables = variables
+        self.var_files = var_files
+        self.only = list(only) if only else None
+        self.packer_bin = packer_bin
+        self.kill_grace_seconds = kill_grace_seconds
+        self.manifest_path = manifest_path
+        self._runner: PackerRunner | None = None
+
+    def get_sensitive_variables(self, context: Any) -> dict[str, str]:
+        """Variables passed only through ``PKR_VAR_<name>`` (never argv, never a file, masked).
+
+        Subclasses (e.g. the Azure one) override this to read credentials from a connection.
+        """
+        return {}
+
+    def make_runner(self, context: Any) -> PackerRunner:
+        sensitive = dict(self.get_sensitive_variables(context) or {})
+        if sensitive:
+            from airflow.sdk.log import mask_secret
+
+            for name, value in sensitive.items():
+                mask_secret(value, name)
+        template = Path(self.template_dir).expanduser().resolve()
+        if not template.exists():
+            raise FileNotFoundError(f"Packer template {template} does not exist (template_dir of {self.task_id})")
+        cwd = template if template.is_dir() else template.parent
+        return PackerRunner(
+            template,
+            packer_bin=self.packer_bin,
+            variables=_as_mapping(self.variables, "variables"),
+            sensitive_variables=sensitive,
+            var_files=_as_list(self.var_files, "var_files"),
+            cwd=cwd,
+            log=self.log.info,
+            kill_grace_seconds=self.kill_grace_seconds,
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        runner = self._runner = self.make_runner(context)
+        try:
+            version = runner.version()
+            self.log.info("Packer %s, template %s, command %s", version, runner.template, self.command)
+            result: PackerResult | None
+            if self.command == "init":
+                result = runner.init()
+            else:
+                runner.init()
+                if self.command == "validate":
+                    result = runner.validate(only=self.only)
+                else:
+                    result = runner.build(force=True, only=self.only)
+            manifest_entry = None
+            if self.command == "build" and self.manifest_path:
+                build = self.only[0] if self.only and len(self.only) == 1 else None
+                manifest_entry = runner.manifest_entry(self.manifest_path, build=build)
+                if result is not None:
+                    result.manifest_entry = manifest_entry
+        except PackerError as e:
+            if self.command == "validate" and e.result is not None and not e.result.interrupted:
+                # a template error is not fixed by retrying: fail without retries
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(str(e)) from e
+            raise
+        except BaseException:
+            runner.terminate()  # no-op when the runner already stopped Packer
+            raise
+        run_uuid = runner.last_run_uuid
+        if run_uuid is None and manifest_entry is not None:
+            run_uuid = manifest_entry.get("packer_run_uuid")
+        return {
+            "command": self.command,
+            "packer_version": version,
+            "packer_run_uuid": run_uuid if self.command == "build" else None,
+            "artifacts": [a.to_dict() for a in result.unique_artifacts()] if result is not None else [],
+            "manifest_entry": manifest_entry,
+        }
+
+    def on_kill(self) -> None:
+        if self._runner is not None:
+            self._runner.terminate()
