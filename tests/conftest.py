@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,10 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ[
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs a real Packer build / QEMU boot (minutes under TCG)")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)  # leave no test Airflow home behind
 
 
 @pytest.fixture(scope="session")

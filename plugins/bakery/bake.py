@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import replace
 from datetime import datetime
@@ -92,6 +93,8 @@ def publish(rec: BakeRecord, log: Log) -> BakeRecord:
     if wd.is_dir():
         shutil.rmtree(wd)
         log(f"removed the work folder {wd}")
+    with contextlib.suppress(OSError):
+        wd.parent.rmdir()  # the image's work folder, when no other version is in flight
     return replace(rec, published_id=published_id)
 
 
