@@ -1,0 +1,98 @@
+// ubuntu2404-nginx-azure: Ubuntu 24.04 LTS from the Azure Marketplace + all updates + nginx, captured
+// as a managed image. Azure target: Packer azure-arm builder. The product, not Packer, then
+// publishes a gallery image version from that managed image (no shared_image_gallery_destination
+// here), smoke-tests it and prunes old versions.
+//
+// Same shape and same variables as rhel9-nginx-azure (the seed article's template in HCL2), with
+// apt instead of dnf. Works with Packer 1.6.6 (builders bundled); for current Packer see
+// init/required_plugins.pkr.hcl and README.md.
+
+packer {
+  required_version = ">= 1.6.6"
+}
+
+locals {
+  // Managed image names allow dots, but dashes keep the name readable in every Azure tool and
+  // identical to what the product derives: <family>-<Major>-<Minor>-<Patch>.
+  managed_image_name = "${var.image_name}-${replace(var.image_version, ".", "-")}"
+
+  // Tags on every resource Packer deploys (temporary resource group, VM, NIC, virtual network,
+  // public IP, key vault) and on the managed image: a leftover always says which bake made it.
+  azure_tags = {
+    image      = var.image_name
+    version    = var.image_version
+    dag_run_id = var.dag_run_id
+    managed_by = "image-bakery"
+  }
+}
+
+source "azure-arm" "ubuntu2404" {
+  // Authentication: a service principal, or the Azure CLI's login, or (all empty) the managed
+  // identity of the machine running Packer. client_secret comes from PKR_VAR_client_secret.
+  use_azure_cli_auth     = var.use_azure_cli_auth
+  client_id              = var.use_azure_cli_auth ? "" : var.client_id
+  client_secret          = var.use_azure_cli_auth ? "" : var.client_secret
+  tenant_id              = var.use_azure_cli_auth ? "" : var.tenant_id
+  subscription_id        = var.subscription_id
+  cloud_environment_name = var.cloud_environment_name
+
+  // Base image: a Marketplace image. Canonical's have no purchase plan: plan_* are empty and
+  // azure-arm ignores an all-empty plan_info.
+  os_type         = "Linux"
+  image_publisher = var.base_image_publisher
+  image_offer     = var.base_image_offer
+  image_sku       = var.base_image_sku
+  image_version   = var.base_image_version
+  plan_info {
+    plan_name      = var.plan_name
+    plan_product   = var.plan_product
+    plan_publisher = var.plan_publisher
+  }
+
+  // Where: azure-arm takes EITHER a location (it creates a temporary resource group there and
+  // deletes it at the end) OR an existing build_resource_group_name, never both.
+  location                  = var.build_resource_group_name == "" ? var.location : ""
+  build_resource_group_name = var.build_resource_group_name
+  vm_size                   = var.vm_size
+
+  // Output: a managed image; the product turns it into a gallery image version.
+  managed_image_name                = local.managed_image_name
+  managed_image_resource_group_name = var.managed_image_resource_group_name
+
+  azure_tags = local.azure_tags
+}
+
+build {
+  sources = ["source.azure-arm.ubuntu2404"]
+
+  // Update, nginx, generalise. The script deprovisions the VM (waagent -deprovision+user) as its
+  // very last step, which deletes the build user: nothing may run after it, and Packer must not try
+  // to clean up over SSH afterwards (skip_clean; the script removes itself instead).
+  provisioner "shell" {
+    script          = "${path.root}/scripts/provision.sh"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
+    environment_vars = [
+      "BAKERY_IMAGE_NAME=${var.image_name}",
+      "BAKERY_IMAGE_VERSION=${var.image_version}",
+      "DEBIAN_FRONTEND=noninteractive",
+    ]
+    skip_clean = true
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = false
+    custom_data = {
+      image_name                        = var.image_name
+      image_version                     = var.image_version
+      managed_image_name                = local.managed_image_name
+      managed_image_resource_group_name = var.managed_image_resource_group_name
+      dag_run_id                        = var.dag_run_id
+      base_image                        = "${var.base_image_publisher}:${var.base_image_offer}:${var.base_image_sku}:${var.base_image_version}"
+      // Empty here; a gallery image definition must carry the base image's plan when it has one.
+      plan_name      = var.plan_name
+      plan_product   = var.plan_product
+      plan_publisher = var.plan_publisher
+    }
+  }
+}
