@@ -52,7 +52,7 @@ def test_two_nightly_bakes_publish_increasing_versions_and_prune(airflow_db, bak
 
     first = dags_test(bakery_home, "2026-11-26T02:00:00+00:00")
     assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
-    versions = sorted((p.name for p in gallery.iterdir() if p.is_dir() and not p.name.startswith(".")), key=version_key)
+    versions = sorted((p.name for p in gallery.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")), key=version_key)
     assert versions == ["2026.1126.200001"]  # `airflow dags test` makes a manual run with that logical date
     v1 = versions[0]
     meta = json.loads((gallery / v1 / "metadata.json").read_text())
@@ -70,7 +70,7 @@ def test_two_nightly_bakes_publish_increasing_versions_and_prune(airflow_db, bak
 
     second = dags_test(bakery_home, "2026-11-27T02:00:00+00:00", conf={"prune_keep": 1})
     assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
-    versions = sorted((p.name for p in gallery.iterdir() if p.is_dir() and not p.name.startswith(".")), key=version_key)
+    versions = sorted((p.name for p in gallery.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")), key=version_key)
     assert versions == ["2026.1127.200001"], "prune_keep=1 must leave only the new version"
     assert version_key("2026.1127.200001") > version_key(v1)
     assert os.readlink(gallery / "latest") == "2026.1127.200001"
