@@ -16,4 +16,5 @@ if ! airflow dags test "$DAG_ID" >"$log" 2>&1; then
   exit 1
 fi
 echo "[bake] DAG run succeeded in $(( $(date +%s) - start ))s" >&2
+python "$REPO_ROOT/benchmarks/stage_times.py" "$DAG_ID"
 python -m bakery.cli show "$IMAGE"

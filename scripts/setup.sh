@@ -40,6 +40,8 @@ mkdir -p "$AIRFLOW_HOME"
 if [ ! -f "$AIRFLOW_HOME/.bakery-db-ready" ]; then
   log "migrating the Airflow metadata DB in $AIRFLOW_HOME"
   airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
+  # the pool that caps concurrent Packer builds across all images (the build tasks use it)
+  airflow pools set image_bakery_packer 2 "Packer builds (caps concurrent bakes across images)" >/dev/null
   touch "$AIRFLOW_HOME/.bakery-db-ready"
 fi
 

@@ -14,7 +14,6 @@ import json, secrets, sys
 json.dump({"admin": secrets.token_urlsafe(12)}, open(sys.argv[1], "w"))
 PY
 fi
-airflow pools set packer 2 "Packer builds (caps concurrent bakes across images)" >/dev/null
 echo "[ui] Airflow UI on http://127.0.0.1:8080  login: admin / $(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$pwfile")"
 echo "[ui] (password stored in $pwfile)"
 exec airflow standalone

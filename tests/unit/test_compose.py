@@ -412,7 +412,7 @@ def test_init_migrates_creates_admin_and_packer_pool(compose):
     assert env["_AIRFLOW_WWW_USER_CREATE"] == "true"
     assert _required_ref(env["_AIRFLOW_WWW_USER_PASSWORD"]).group("name") == "AIRFLOW_ADMIN_PASSWORD"
     script = "\n".join(init["command"])
-    assert 'airflow pools set packer 2 "Packer builds"' in script
+    assert 'airflow pools set image_bakery_packer 2 ' in script
     assert "restart" not in init
 
 
