@@ -1,6 +1,8 @@
 """DAG factory: one DAG per image in the catalogue (include/catalogue.yaml).
 
-    prepare -> validate -> build -> smoke_test -> publish -> prune
+    local:  prepare -> validate -> build -> smoke_test -> publish -> prune
+    azure:  prepare -> validate -> build -> smoke_setup -> smoke_test -> publish -> prune
+                                            smoke_setup ... smoke_teardown (Airflow teardown: always runs)
 
 Kept small and fast to parse: it reads the catalogue and wires operators; all work happens in
 the `bakery` package under plugins/.
@@ -8,11 +10,16 @@ the `bakery` package under plugins/.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
-
 from bakery.catalogue import ImageSpec, load_catalogue
+from bakery.operators.azure import (
+    AzurePackerOperator,
+    AzureSmokeCheckOperator,
+    AzureSmokeSetupOperator,
+    AzureSmokeTeardownOperator,
+)
 from bakery.operators.bake import (
     PrepareBakeOperator,
     PruneOperator,
@@ -21,22 +28,19 @@ from bakery.operators.bake import (
     SmokeTestOperator,
 )
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 PACKER_VARIABLES = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables'] }}"
+MANIFEST_PATH = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables']['manifest_path'] }}"
+PACKER_POOL = "image_bakery_packer"  # caps concurrent Packer builds across images (scripts/setup.sh makes it)
 
 
 def build_dag(spec: ImageSpec) -> DAG:
+    azure = spec.target == "azure"
     params = {
-        "accelerator": Param(
-            "auto",
-            enum=["auto", "kvm", "tcg"],
-            description="QEMU accelerator for the local target: auto-detect (KVM only where it "
-            "can really run a guest), or force one.",
-        ),
         "smoke_timeout_seconds": Param(
             spec.smoke_test.timeout_seconds,
             type="integer",
-            minimum=30,
+            minimum=10,
             maximum=7200,
             description="How long the smoke test waits for the expected HTTP answer.",
         ),
@@ -45,7 +49,7 @@ def build_dag(spec: ImageSpec) -> DAG:
             type="integer",
             minimum=1,
             maximum=100,
-            description="How many of the newest versions to keep (the new one and `latest` always stay).",
+            description="How many of the newest versions to keep (the new one and the highest always stay).",
         ),
         "prune_dry_run": Param(
             spec.prune.dry_run,
@@ -53,6 +57,20 @@ def build_dag(spec: ImageSpec) -> DAG:
             description="Only report what prune would delete.",
         ),
     }
+    if azure:
+        params["replace_existing"] = Param(
+            False,
+            type="boolean",
+            description="Replace a gallery image version of the same number published by another run "
+            "(published versions are immutable otherwise).",
+        )
+    else:
+        params["accelerator"] = Param(
+            "auto",
+            enum=["auto", "kvm", "tcg"],
+            description="QEMU accelerator for the local target: auto-detect (KVM only where it "
+            "can really run a guest), or force one.",
+        )
     with DAG(
         dag_id=f"bake_{spec.name.replace('-', '_')}",
         description=spec.description or f"Bake, smoke-test, publish and prune {spec.name}",
@@ -66,27 +84,34 @@ def build_dag(spec: ImageSpec) -> DAG:
         default_args={"owner": "image-bakery", "retries": 0, "retry_delay": timedelta(seconds=30)},
         doc_md=__doc__,
     ) as dag:
-        prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, retries=1)
-        validate = QemuPackerOperator(
-            task_id="validate",
-            command="validate",
-            template_dir=str(spec.template_dir),
-            variables=PACKER_VARIABLES,
-            retries=1,
+        packer = {"template_dir": str(spec.template_dir), "variables": PACKER_VARIABLES}
+        if azure:
+            prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, accelerator="auto", retries=1)
+            auth = {"conn_id": spec.azure.conn_id, "subscription_id": spec.azure.subscription_id}
+            validate = AzurePackerOperator(task_id="validate", command="validate", **auth, **packer, retries=1)
+            build = AzurePackerOperator(
+                task_id="build", command="build", **auth, **packer, manifest_path=MANIFEST_PATH, pool=PACKER_POOL,
+                retries=spec.retries, execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
+            )
+            setup = AzureSmokeSetupOperator(task_id="smoke_setup", image=spec.name, retries=1)
+            # a failed check is a verdict on the image, not a transient error: no retry
+            smoke = AzureSmokeCheckOperator(task_id="smoke_test", image=spec.name, retries=0)
+            teardown = AzureSmokeTeardownOperator(task_id="smoke_teardown", image=spec.name, retries=2)
+            prepare >> validate >> build >> setup >> smoke >> teardown.as_teardown(setups=setup, on_failure_fail_dagrun=True)
+        else:
+            prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, retries=1)
+            validate = QemuPackerOperator(task_id="validate", command="validate", **packer, retries=1)
+            build = QemuPackerOperator(
+                task_id="build", command="build", **packer, manifest_path=MANIFEST_PATH, pool=PACKER_POOL,
+                retries=spec.retries, execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
+            )
+            smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, retries=1)
+            prepare >> validate >> build >> smoke
+        publish = PublishOperator(
+            task_id="publish", retries=3, replace_existing="{{ params.replace_existing }}" if azure else False
         )
-        build = QemuPackerOperator(
-            task_id="build",
-            command="build",
-            template_dir=str(spec.template_dir),
-            variables=PACKER_VARIABLES,
-            manifest_path="{{ ti.xcom_pull(task_ids='prepare')['packer_variables']['manifest_path'] }}",
-            retries=spec.retries,
-            execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
-        )
-        smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, retries=1)
-        publish = PublishOperator(task_id="publish", retries=3)
         prune = PruneOperator(task_id="prune", retries=2)
-        prepare >> validate >> build >> smoke >> publish >> prune
+        smoke >> publish >> prune
     return dag
 
 

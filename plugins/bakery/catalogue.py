@@ -6,6 +6,8 @@ No Airflow import here: the DAG factory and the tests use this module directly.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,93 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CATALOGUE = REPO_ROOT / "include" / "catalogue.yaml"
 DEFAULT_PACKER_DIR = REPO_ROOT / "include" / "packer"
 
-TARGETS = ("local",)
+TARGETS = ("local", "azure")
 _NAME = r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$"
+
+# --- Azure names, as ARM validates them ------------------------------------------------------------
+_RESOURCE_GROUP = {"type": "string", "pattern": r"^[-\w._()]{0,89}[-\w_()]$",
+                   "description": "a resource group name (1-90 letters, digits, _ - . ( ), not ending with .)"}
+_GALLERY_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_.]{0,78}[A-Za-z0-9])?$",
+                 "description": "a gallery name (1-80 letters, digits, _ or ., no - ; starts and ends alphanumeric)"}
+_GALLERY_IMAGE = {"type": "string", "pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9])?$",
+                  "description": "a gallery image definition name (1-80 letters, digits, _ - .)"}
+_NETWORK_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$",
+                 "description": "a virtual network / subnet name (1-80 letters, digits, _ - .)"}
+_REGION = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9 ]{1,40}$",
+           "description": "an Azure region name such as westeurope (az account list-locations -o table)"}
+# Packer's azure-arm `location` and ARM want the region's name, not its display name ("West Europe")
+_LOCATION = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9]{1,40}$",
+             "description": "an Azure region's name, without spaces, such as westeurope (the Name column of "
+                            "`az account list-locations -o table`, not the DisplayName)"}
+_VM_SIZE = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_-]{1,63}$", "description": "a VM size such as Standard_B2s"}
+_UUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+         "description": "a subscription id (a GUID)"}
+STORAGE_ACCOUNT_TYPES = ("Standard_LRS", "Standard_ZRS", "Premium_LRS", "PremiumV2_LRS")
+SMOKE_MODES = ("public", "private")
+
+_AZURE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["conn_id", "location", "managed_image_resource_group", "gallery", "smoke_test"],
+    "properties": {
+        "conn_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,250}$",
+                    "description": "an Airflow connection id (letters, digits, _ . -)"},
+        "subscription_id": _UUID,
+        "location": _LOCATION,
+        "vm_size": _VM_SIZE,
+        "build_resource_group": _RESOURCE_GROUP,
+        "managed_image_resource_group": _RESOURCE_GROUP,
+        "gallery": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["resource_group", "name", "image_definition"],
+            "properties": {
+                "resource_group": _RESOURCE_GROUP,
+                "name": _GALLERY_NAME,
+                "image_definition": _GALLERY_IMAGE,
+            },
+        },
+        "target_regions": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": _REGION,
+                    "replicas": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "storage_account_type": {"enum": list(STORAGE_ACCOUNT_TYPES)},
+                },
+            },
+        },
+        "end_of_life_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+        "exclude_from_latest": {"type": "boolean"},
+        "allow_deletion_of_replicated_locations": {"type": "boolean"},
+        "keep_failed_image": {"type": "boolean"},
+        "smoke_test": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["resource_group", "vnet", "subnet", "allowed_source_cidr"],
+            "properties": {
+                "resource_group": _RESOURCE_GROUP,
+                "vnet": _NETWORK_NAME,
+                "vnet_resource_group": _RESOURCE_GROUP,
+                "subnet": _NETWORK_NAME,
+                "mode": {"enum": list(SMOKE_MODES)},
+                "allowed_source_cidr": {"type": "string", "minLength": 1},
+                "vm_size": _VM_SIZE,
+                "admin_username": {"type": "string", "pattern": r"^[a-z_][a-z0-9_-]{0,31}$",
+                                   "description": "a Linux user name"},
+            },
+        },
+        "prune": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600}},
+        },
+    },
+}
 
 _SMOKE = {
     "type": "object",
@@ -32,15 +119,18 @@ _SMOKE = {
         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
         "expect_status": {"type": "integer", "minimum": 100, "maximum": 599},
         "expect_text": {"type": "string", "minLength": 1},
-        "timeout_seconds": {"type": "integer", "minimum": 10, "maximum": 7200},
+        "timeout_seconds": {"type": "integer", "minimum": 10, "maximum": 7200,
+                            "description": "seconds the smoke test waits for the expected answer: 10 to 7200"},
     },
 }
 _PRUNE = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "keep": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "dry_run": {"type": "boolean"},
+        # the same bounds as the DAG's prune_keep Param (its default comes from here)
+        "keep": {"type": "integer", "minimum": 1, "maximum": 100,
+                 "description": "how many of the newest versions prune keeps: 1 to 100 (the newest always stays)"},
+        "dry_run": {"type": "boolean", "description": "true or false"},
     },
 }
 _IMAGE = {
@@ -61,6 +151,7 @@ _IMAGE = {
         "prune": _PRUNE,
         "build_timeout_minutes": {"type": "integer", "minimum": 5, "maximum": 1440},
         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        "azure": _AZURE,
     },
 }
 SCHEMA = {
@@ -79,6 +170,10 @@ SCHEMA = {
 }
 
 
+# what Airflow accepts besides a cron expression (airflow.utils.dates.cron_presets, @once, @continuous)
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
 class CatalogueError(ValueError):
     def __init__(self, path: Path, problems: list[str]):
         self.path = path
@@ -91,6 +186,124 @@ class CatalogueError(ValueError):
 class PrunePolicy:
     keep: int = 3
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class TargetRegion:
+    name: str  # as written in the catalogue, e.g. "westeurope"
+    replicas: int = 1
+    storage_account_type: str = "Standard_LRS"
+
+
+@dataclass(frozen=True)
+class GalleryRef:
+    resource_group: str
+    name: str
+    image_definition: str
+
+
+@dataclass(frozen=True)
+class AzureSmokeNetwork:
+    """Where the smoke-test VM of an Azure image runs, and who may reach its HTTP port."""
+
+    resource_group: str
+    vnet: str
+    subnet: str
+    allowed_source_cidr: str
+    vnet_resource_group: str | None = None  # default: resource_group
+    mode: str = "public"  # public: Static public IP; private: the NIC's private IP only
+    vm_size: str = "Standard_B1s"
+    admin_username: str = "bakery"
+
+    @property
+    def subnet_id_parts(self) -> tuple[str, str, str]:
+        return (self.vnet_resource_group or self.resource_group, self.vnet, self.subnet)
+
+
+@dataclass(frozen=True)
+class AzureSpec:
+    conn_id: str
+    location: str
+    managed_image_resource_group: str
+    gallery: GalleryRef
+    smoke_test: AzureSmokeNetwork
+    subscription_id: str | None = None  # default: the connection's subscriptionId
+    vm_size: str = "Standard_D2s_v5"  # the Packer build VM
+    build_resource_group: str | None = None  # default: Packer makes a temporary one in location
+    target_regions: tuple[TargetRegion, ...] = ()  # default: location only, 1 replica
+    end_of_life_days: int | None = None
+    exclude_from_latest: bool = False
+    allow_deletion_of_replicated_locations: bool = True
+    keep_failed_image: bool = False
+    prune_min_age_hours: float = 24.0
+
+    def regions(self) -> tuple[TargetRegion, ...]:
+        return self.target_regions or (TargetRegion(self.location),)
+
+
+def normalize_region(name: str) -> str:
+    """"West Europe" / "westeurope" -> "westeurope" (ARM's canonical form)."""
+    return "".join(name.split()).lower()
+
+
+def _check_cidr(value: str) -> str | None:
+    """Why ``value`` is not an acceptable smoke-test source range (None: fine)."""
+    text = value.strip()
+    if text in ("*", "0.0.0.0/0", "::/0") or text.lower() in ("any", "internet", "0.0.0.0"):
+        return f"{value!r} would open the smoke-test VM to the whole Internet; give your runners' range, e.g. 203.0.113.0/24"
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"{value!r} is not an IP address or CIDR range (e.g. 203.0.113.0/24 or 10.20.0.0/16)"
+    if net.prefixlen == 0:
+        return f"{value!r} would open the smoke-test VM to the whole Internet; give your runners' range"
+    return None
+
+
+def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[str]) -> AzureSpec | None:
+    raw = entry.get("azure")
+    if target != "azure":
+        if raw is not None:
+            problems.append(f"{where}, field 'azure': only images with target 'azure' take an azure block "
+                            f"(this one has target {target!r})")
+        return None
+    if raw is None:
+        problems.append(f"{where}, field 'azure': target 'azure' needs an azure block (conn_id, location, "
+                        "managed_image_resource_group, gallery, smoke_test); see docs/azure.md")
+        return None
+    smoke = raw["smoke_test"]
+    why = _check_cidr(smoke["allowed_source_cidr"])
+    if why:
+        problems.append(f"{where}, field 'azure.smoke_test.allowed_source_cidr': {why}")
+    regions = tuple(TargetRegion(**r) for r in raw.get("target_regions", ()))
+    seen: set[str] = set()
+    for i, r in enumerate(regions):
+        key = normalize_region(r.name)
+        if key in seen:
+            problems.append(f"{where}, field 'azure.target_regions.{i}.name': region {r.name!r} is listed twice")
+        seen.add(key)
+    if regions and normalize_region(raw["location"]) not in seen:
+        problems.append(
+            f"{where}, field 'azure.target_regions': must include the location {raw['location']!r} "
+            "(a gallery image version is always stored in the region of its source image)"
+        )
+    gallery = raw["gallery"]
+    return AzureSpec(
+        conn_id=raw["conn_id"],
+        location=raw["location"],
+        managed_image_resource_group=raw["managed_image_resource_group"],
+        gallery=GalleryRef(**gallery),
+        smoke_test=AzureSmokeNetwork(**smoke),
+        subscription_id=raw.get("subscription_id"),
+        vm_size=raw.get("vm_size", AzureSpec.vm_size),
+        build_resource_group=raw.get("build_resource_group"),
+        target_regions=regions,
+        end_of_life_days=raw.get("end_of_life_days"),
+        exclude_from_latest=raw.get("exclude_from_latest", False),
+        allow_deletion_of_replicated_locations=raw.get("allow_deletion_of_replicated_locations", True),
+        keep_failed_image=raw.get("keep_failed_image", False),
+        prune_min_age_hours=float(raw.get("prune", {}).get("min_age_hours", AzureSpec.prune_min_age_hours)),
+    )
 
 
 @dataclass(frozen=True)
@@ -107,6 +320,8 @@ class ImageSpec:
     prune: PrunePolicy = PrunePolicy()
     build_timeout_minutes: int = 90
     retries: int = 1
+    azure: AzureSpec | None = None
+    catalogue_path: Path | None = None  # the file it was read from (error messages name it)
 
 
 def _where(err: jsonschema.ValidationError) -> str:
@@ -121,16 +336,22 @@ def _where(err: jsonschema.ValidationError) -> str:
 
 def _message(err: jsonschema.ValidationError) -> str:
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = ", ".join(sorted(err.schema.get("properties", {})))
-        return f"unknown field(s) {', '.join(map(repr, extra))} (allowed: {allowed})"
+        known = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(known))
+        hints = [f"{x!r} -> {m[0]!r}?" for x in extra if (m := difflib.get_close_matches(x, known, n=1))]
+        return (f"unknown field(s) {', '.join(map(repr, extra))} (allowed: {', '.join(known)})"
+                + (f"; did you mean {', '.join(hints)}" if hints else ""))
     if err.validator == "enum":
         return f"{err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+    if err.validator == "pattern" and err.schema.get("description"):
+        return f"{err.instance!r} is not {err.schema['description']}"
     if "propertyNames" in err.schema_path:
         return (
             f"image name {err.instance!r} must be 2-64 lower-case letters, digits or '-', "
             "starting with a letter"
         )
+    if err.schema.get("description") and err.validator in ("minimum", "maximum", "type"):
+        return f"{err.message} (expected {err.schema['description']})"
     return err.message
 
 
@@ -147,14 +368,22 @@ def parse_catalogue(
     for name, entry in data["images"].items():
         where = f"image {name!r}"
         schedule = entry.get("schedule", "0 2 * * *")
-        if schedule is not None and not schedule.startswith("@") and not croniter.is_valid(schedule):
-            problems.append(f"{where}, field 'schedule': {schedule!r} is not a valid cron expression")
+        if schedule is not None and not (schedule in SCHEDULE_PRESETS
+                                         or (not schedule.startswith("@") and croniter.is_valid(schedule))):
+            problems.append(
+                f"{where}, field 'schedule': {schedule!r} is not a valid cron expression: five fields, UTC "
+                "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), e.g. '0 2 * * *' "
+                f"for 02:00 every night; or one of {', '.join(SCHEDULE_PRESETS)}; or null for manual runs only")
         template_dir = packer_dir / entry["template"]
         if not template_dir.is_dir():
             problems.append(
                 f"{where}, field 'template': no template folder {template_dir} "
                 f"(expected one of: {', '.join(sorted(p.name for p in packer_dir.iterdir() if p.is_dir()))})"
             )
+        azure = _azure_spec(where, entry["target"], entry, problems)
+        if entry["target"] == "azure" and len(name) > 47:
+            problems.append(f"{where}: an Azure image name must be at most 47 characters (the managed image "
+                            "<name>-<version with dashes> must fit in 80)")
         specs[name] = ImageSpec(
             name=name,
             target=entry["target"],
@@ -168,14 +397,43 @@ def parse_catalogue(
             prune=PrunePolicy(**entry.get("prune", {})),
             build_timeout_minutes=entry.get("build_timeout_minutes", 90),
             retries=entry.get("retries", 1),
+            azure=azure,
+            catalogue_path=path,
         )
     if problems:
         raise CatalogueError(path, problems)
     return specs
 
 
+def catalogue_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The catalogue file: ``path``, else ``$BAKERY_CATALOGUE``, else include/catalogue.yaml."""
+    return Path(path or os.environ.get("BAKERY_CATALOGUE") or DEFAULT_CATALOGUE)
+
+
+class UnknownImageError(KeyError):
+    """An image name that is not in the catalogue (the message lists the ones that are)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def get_image(name: str, path: str | os.PathLike[str] | None = None) -> ImageSpec:
+    """The catalogue entry of image ``name``; an :class:`UnknownImageError` naming the known ones if none."""
+    specs = load_catalogue(path)
+    spec = specs.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, list(specs), n=1, cutoff=0.8)
+        raise UnknownImageError(
+            f"no image {name!r} in the catalogue {catalogue_path(path)} (its images: {', '.join(sorted(specs))})"
+            + (f"; did you mean {close[0]!r}?" if close else ".")
+            + " Check the name, or add the image to the catalogue (an image removed from it keeps no DAG: "
+            "its DAG disappears at the next parse)"
+        )
+    return spec
+
+
 def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, ImageSpec]:
-    path = Path(path or os.environ.get("BAKERY_CATALOGUE") or DEFAULT_CATALOGUE)
+    path = catalogue_path(path)
     try:
         text = path.read_text()
     except OSError as exc:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bakery.catalogue import load_catalogue
+from bakery.catalogue import UnknownImageError, get_image
 from bakery.targets.local import LocalTarget
 
 
@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("image")
     args = ap.parse_args(argv)
-    spec = load_catalogue().get(args.image)
-    if spec is None:
-        print(f"bakery: no image {args.image!r} in the catalogue", file=sys.stderr)
+    try:
+        get_image(args.image)
+    except UnknownImageError as exc:
+        print(f"bakery: {exc}", file=sys.stderr)
         return 2
     target = LocalTarget()
     if args.cmd == "versions":

@@ -9,6 +9,10 @@ its own process group so that ``stop()`` can always take it down (SIGTERM, bound
         poll(f"http://127.0.0.1:{vm.host_port}/")   # the caller polls; this module only boots
 
 The accelerator comes from ``bakery.accel.detect_accelerator()``; no ``-cpu host`` by default.
+
+Every VM carries ``-name bakery-...`` (``MARKER_PREFIX``) on its command line: that, together with
+the bakery's own paths in the command line, is how ``bakery.janitor`` recognises a QEMU the bakery
+started and whose owner died (never by the binary's name alone: other users run QEMU too).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from bakery.accel import detect_accelerator
 from bakery.digest import sha256_file  # noqa: F401 (re-exported for callers)
 
 DEFAULT_QEMU = "qemu-system-x86_64"
+MARKER_PREFIX = "bakery-"  # -name bakery-<purpose>: what bakery.janitor looks for
 _QCOW2_MAGIC = b"QFI\xfb"
 _PORT_RETRIES = 5
 # Seconds to watch for QEMU dying on start (e.g. its forwarded port was taken meanwhile).
@@ -80,6 +85,7 @@ class QemuVM:
         isolated: ``restrict=on`` for user networking (guest cannot reach out; forwards still work).
         extra_args: appended to the QEMU command line as-is.
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+        name: the guest's ``-name``; always starts with ``bakery-`` (added if missing).
     """
 
     def __init__(
@@ -99,8 +105,10 @@ class QemuVM:
         qemu_binary: str = DEFAULT_QEMU,
         extra_args: Sequence[str] = (),
         stop_timeout: float = 15.0,
+        name: str = "bakery-vm",
     ) -> None:
         self.disk = Path(disk).resolve()
+        self.name = name if name.startswith(MARKER_PREFIX) else MARKER_PREFIX + name
         if not self.disk.is_file():
             raise FileNotFoundError(f"disk image not found: {self.disk}")
         if accelerator is None:
@@ -110,11 +118,11 @@ class QemuVM:
         ports = [guest_port, *extra_guest_ports]
         if len(set(ports)) != len(ports):
             raise ValueError(f"guest ports must be distinct, got {ports}")
-        for name, blob in (fw_cfg or {}).items():
-            if not name.startswith("opt/"):
-                raise ValueError(f"fw_cfg name must start with 'opt/', got {name!r}")
+        for blob_name, blob in (fw_cfg or {}).items():
+            if not blob_name.startswith("opt/"):
+                raise ValueError(f"fw_cfg name must start with 'opt/', got {blob_name!r}")
             if not Path(blob).is_file():
-                raise FileNotFoundError(f"fw_cfg file for {name} not found: {blob}")
+                raise FileNotFoundError(f"fw_cfg file for {blob_name} not found: {blob}")
         self.guest_port = guest_port
         self.guest_ports = ports
         self.memory_mb = memory_mb
@@ -169,6 +177,7 @@ class QemuVM:
         netdev = f"user,id=net0,{fwd}" + (",restrict=on" if self.isolated else "")
         cmd = [
             self.qemu_binary,
+            "-name", _qemu_opt(self.name),
             "-machine", f"pc,accel={self.accelerator}",
             "-m", str(self.memory_mb),
             "-smp", str(self.cpus),

@@ -21,15 +21,21 @@ Product code keeps using the real Azure SDK clients; only the endpoint and the t
                                                what VMs made from that managed image serve over HTTP
     vm_address(vm_id), vm_http_requests(vm_id)  the emulated VM's HTTP side
     env()                                      BAKERY_FAKE_PACKER_* for the fake packer
+    authority_host, add_client(tenant, client_id, secret), identity
+                                               Entra ID token endpoint (identity.py): a client-secret
+                                               credential with authority=authority_host and
+                                               disable_instance_discovery=True gets real tokens
     internal_errors                            emulator bugs (answered 500): tests assert it is empty
     stop() / context manager                   shuts everything down (no thread or socket survives)
 Constructor knobs: port, page_size (2), lro_polls (1), replication_polls (2), retry_after (1; 0 makes
 clients use their polling_interval), background_seconds (10), seed, vm_http_port (80),
-block_replicated_version_delete (True).
+block_replicated_version_delete (True),
+require_issued_tokens (False: any bearer token is accepted; True: only tokens from the token endpoint).
 
 ``FAKE_PACKER`` is the ``packer`` test double (put ``FAKE_PACKER_BIN_DIR`` first on PATH), see
 fake_packer.py. Modules: arm.py (generic ARM contract: store, LROs, paging, errors), kinds.py (the
-per-type table), faults.py, vmhttp.py (the VMs' "nginx"), tls.py, credential.py, regions.py.
+per-type table), faults.py, vmhttp.py (the VMs' "nginx"), identity.py (token endpoint), tls.py,
+credential.py, regions.py.
 """
 
 from pathlib import Path
@@ -37,6 +43,7 @@ from pathlib import Path
 from .arm import ArmError, RequestRecord, Resource, Store
 from .credential import StaticTokenCredential
 from .faults import Faults
+from .identity import Identity
 from .server import ArmEmulator
 from .vmhttp import NGINX_WELCOME, ImageBehaviour
 
@@ -50,6 +57,7 @@ __all__ = [
     "ArmEmulator",
     "ArmError",
     "Faults",
+    "Identity",
     "ImageBehaviour",
     "RequestRecord",
     "Resource",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .faults import Faults
+from .identity import is_identity_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Kind
@@ -256,8 +257,13 @@ class Arm:
     def __init__(self, *, page_size: int = 2, lro_polls: int = 1, replication_polls: int = 2,
                  retry_after: int = 1, background_seconds: float | None = 10.0,
                  faults: Faults | None = None, pool: Any = None,
-                 block_replicated_version_delete: bool = True) -> None:
+                 block_replicated_version_delete: bool = True, identity: Any = None,
+                 require_issued_tokens: bool = False) -> None:
+        from .identity import Identity
+
         self.lock = threading.RLock()
+        self.identity = identity or Identity()
+        self.require_issued_tokens = require_issued_tokens
         self.store = Store()
         self.ops: dict[str, Operation] = {}
         self.faults = faults or Faults()
@@ -286,7 +292,12 @@ class Arm:
         except ValueError:
             record.body = raw_body
         try:
-            response = self._handle(method, path, query, headers, raw_body, record)
+            if is_identity_path(path):  # Entra ID's token endpoints: no bearer token, no faults
+                record.body = None  # a form with a client secret: never kept in the log
+                status, body, extra = self.identity.handle(method, path, query, raw_body)
+                response = Response(status, body, extra)
+            else:
+                response = self._handle(method, path, query, headers, raw_body, record)
         except ArmError as err:
             response = Response(err.status, err.body(), dict(err.headers))
         except Exception:  # noqa: BLE001 - an emulator bug: say so loudly instead of hanging the client
@@ -308,6 +319,11 @@ class Arm:
                            headers={"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/'
                                     'common", error="invalid_token", error_description="The authentication failed '
                                     'because of missing \'Authorization\' header."'})
+        if self.require_issued_tokens and self.identity.token_info(auth[7:].strip()) is None:
+            raise ArmError(401, "InvalidAuthenticationToken",
+                           "The access token is invalid (not issued by this emulator's token endpoint, or expired).",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token", '
+                                    'error_description="The access token is invalid."'})
         key = method + " " + path + "?" + urlencode(sorted(query.items())) + " " + hashlib.sha1(raw_body or b"").hexdigest()
         fault = self.faults.http_fault(method, path, key)
         if fault is not None:

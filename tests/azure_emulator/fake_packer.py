@@ -8,6 +8,8 @@ code: product code runs it exactly as it would run the real one.
   HCL2 template with ``source "azure-arm" ...``: evaluates the source's settings with the REAL
   packer's ``console`` (so ``var.*``, ``local.*``, PKR_VAR_* variables, var files and functions mean
   what they mean to Packer), then does what the azure-arm builder does at the ARM API of the emulator:
+  with client_id + client_secret + tenant_id it first gets a token from the emulator's Entra ID token
+  endpoint (a refused secret fails the build like Packer: "error fetching service principal token");
   creates a temporary resource group ``pkr-Resource-Group-<random>``, "provisions", PUTs the managed
   image ``managed_image_name`` into ``managed_image_resource_group_name`` with ``azure_tags``, deletes
   the temporary resource group, prints Packer's machine-readable (or human) output - artifact
@@ -47,6 +49,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -286,6 +289,15 @@ class Evaluator:
             raise HclError((proc.stderr or proc.stdout).strip() or "packer console failed")
         return json.loads(out[-1])
 
+    def sensitive(self, expr: str) -> Any:
+        """The value of a sensitive variable the expression refers to (``var.x``, or ``c ? "" : var.x``), taken
+        from the variables Packer would read (PKR_VAR_*, -var, var files): real Packer reads them the same way,
+        only its console refuses to print them."""
+        names = re.findall(r"var\.(\w+)", expr)
+        if not names:
+            return None
+        return self._variables().get(names[-1])
+
     # a fallback without a real packer: literals, var.x, "${var.x}" and objects of those
     def _variables(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -340,6 +352,7 @@ class ArmClient:
     def __init__(self, endpoint: str, ca_bundle: str | None, subscription: str) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.subscription = subscription
+        self.token = "fake-packer-token"  # Azure CLI / managed identity: nothing to ask for
         self.context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
         self.max_wait = float(os.environ.get("BAKERY_FAKE_PACKER_MAX_POLL_SECONDS", "1"))
 
@@ -349,7 +362,7 @@ class ArmClient:
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(8):
             req = urllib.request.Request(url, data=data, method=method, headers={
-                "Authorization": "Bearer fake-packer-token", "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
                 "User-Agent": "packer/1.6.6 (fake) azure-arm"})
             try:
                 with urllib.request.urlopen(req, context=self.context, timeout=60) as resp:
@@ -363,6 +376,21 @@ class ArmClient:
                     continue
                 return err.code, dict(err.headers.items()), payload
         raise RuntimeError("unreachable")
+
+    def login(self, tenant: str, client_id: str, client_secret: str) -> None:
+        """Client-credentials grant at the emulator's Entra ID token endpoint (like the azure-arm builder
+        does at login.microsoftonline.com); raises BuildError with Entra ID's message when refused."""
+        form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
+                                       "client_secret": client_secret, "scope": self.endpoint + "/.default"})
+        req = urllib.request.Request(f"{self.endpoint}/{tenant}/oauth2/v2.0/token", data=form.encode(),
+                                     method="POST", headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(req, context=self.context, timeout=60) as resp:
+                self.token = json.loads(resp.read())["access_token"]
+        except urllib.error.HTTPError as err:
+            body = json.loads(err.read() or b"{}")
+            raise BuildError(f"error fetching service principal token: {body.get('error')}: "
+                             f"{body.get('error_description')}") from None
 
     def sleep(self, retry_after: str | None, default: float) -> None:
         try:
@@ -497,12 +525,16 @@ def build(args: list[str]) -> int:
 
     interesting = ("managed_image_name", "managed_image_resource_group_name", "location", "azure_tags",
                    "subscription_id", "os_type", "build_resource_group_name", "temp_resource_group_name",
-                   "image_publisher", "image_offer", "image_sku", "use_azure_cli_auth", "client_id")
+                   "image_publisher", "image_offer", "image_sku", "use_azure_cli_auth", "client_id",
+                   "client_secret", "tenant_id")
     plans = []
     try:
         for name, source_attrs, build_items in wanted:
             keys = [k for k in interesting if k in source_attrs]
             values = dict(zip(keys, evaluator.evaluate([source_attrs[k] for k in keys])))
+            for key in keys:  # `packer console` prints sensitive values as "<sensitive>"
+                if values[key] == "<sensitive>":
+                    values[key] = evaluator.sensitive(source_attrs[key])
             manifests = []
             pp_blocks = blocks(build_items, "post-processor")
             for group in blocks(build_items, "post-processors"):
@@ -604,7 +636,11 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[str], fo
     say = lambda text: ui.say(f"==> {name}: {text}")
 
     say("Running builder ...")
-    say("Getting tokens using Azure CLI" if values.get("use_azure_cli_auth") else "Getting tokens using client secret")
+    if values.get("client_id") and values.get("client_secret") and values.get("tenant_id"):
+        say("Getting tokens using client secret")
+        arm.login(values["tenant_id"], values["client_id"], values["client_secret"])
+    else:
+        say("Getting tokens using Azure CLI" if values.get("use_azure_cli_auth") else "Getting tokens using Managed Identity")
     code, _, body = arm.request("GET", arm.rg_path(image_rg))
     if code == 404:
         raise BuildError(f"Cannot locate the managed image resource group {image_rg}.")
@@ -620,6 +656,11 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[str], fo
             raise BuildError(f"failed to delete the managed image {image_name}: {arm_message(err or body)}")
 
     temp_rg = values.get("build_resource_group_name")
+    if temp_rg and not location:  # azure-arm builds in the existing group's region
+        code, _, body = arm.request("GET", arm.rg_path(temp_rg))
+        if code != 200:
+            raise BuildError(f"Cannot locate the build resource group {temp_rg}: {arm_message(body)}")
+        location = body.get("location") or ""
     created_rg = None
     vm_name = "pkrvm" + _random_name()
     deployment = "pkrdp" + _random_name()

@@ -26,6 +26,7 @@ from typing import Any, Self
 
 from .arm import Arm, RequestRecord, Store
 from .faults import Faults
+from .identity import Identity
 from .tls import TlsFiles, make_tls_files
 from .vmhttp import NGINX_WELCOME, ImageBehaviour, LoopbackPool
 
@@ -111,23 +112,28 @@ class ArmEmulator:
     before an operation finishes (``replication_polls`` for gallery image versions), ``retry_after``
     is the integer ``Retry-After`` of LRO answers (0 makes clients use their own polling interval),
     ``page_size`` items per list page, ``background_seconds`` after which an operation finishes even
-    if nobody polls (None: never). ``vm_http_port``: the port the emulated VMs serve on (80 if it can
+    if nobody polls (None: never). ``require_issued_tokens``: ARM accepts only bearer tokens issued by
+    the emulator's own token endpoint (see identity.py and :meth:`add_client`); otherwise any bearer
+    token. ``vm_http_port``: the port the emulated VMs serve on (80 if it can
     be bound, else a free one; see :attr:`vm_http_port`).
     """
 
     def __init__(self, *, port: int = 0, page_size: int = 2, lro_polls: int = 1, replication_polls: int = 2,
                  retry_after: int = 1, background_seconds: float | None = 10.0, seed: int = 0,
-                 vm_http_port: int = 80, block_replicated_version_delete: bool = True) -> None:
+                 vm_http_port: int = 80, block_replicated_version_delete: bool = True,
+                 require_issued_tokens: bool = False) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="arm-emulator-"))
         self.tls: TlsFiles = make_tls_files(self._tmp)
         self.faults = Faults(seed=seed)
         self.pool = LoopbackPool(vm_http_port)
         self.arm = Arm(page_size=page_size, lro_polls=lro_polls, replication_polls=replication_polls,
                        retry_after=retry_after, background_seconds=background_seconds, faults=self.faults,
-                       pool=self.pool, block_replicated_version_delete=block_replicated_version_delete)
+                       pool=self.pool, block_replicated_version_delete=block_replicated_version_delete,
+                       require_issued_tokens=require_issued_tokens)
         self._server = _HttpsServer(("127.0.0.1", port), self.arm, self.tls.server_context())
         self.port = self._server.server_address[1]
         self.arm.base_url = f"https://127.0.0.1:{self.port}"
+        self.arm.identity.base_url = self.arm.base_url
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"arm-emulator-{self.port}", daemon=True)
         self._stopped = False
@@ -148,6 +154,20 @@ class ArmEmulator:
     def vm_http_port(self) -> int:
         """The port emulated VMs serve HTTP on: 80 when bindable (root), else one free port."""
         return self.pool.port
+
+    @property
+    def authority_host(self) -> str:
+        """The emulator as a Microsoft Entra ID authority host (``authority=`` of azure-identity credentials,
+        with ``disable_instance_discovery=True``): it serves the token endpoint of registered clients."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def identity(self) -> Identity:
+        return self.arm.identity
+
+    def add_client(self, tenant_id: str, client_id: str, client_secret: str) -> None:
+        """Register a service principal that may get tokens from :attr:`authority_host`."""
+        self.arm.identity.add_client(tenant_id, client_id, client_secret)
 
     def client_kwargs(self, polling_interval: float = 0.05) -> dict:
         """Keyword arguments for any azure-mgmt-* client: endpoint, CA and a quick polling interval."""

@@ -1,9 +1,9 @@
 """Every DAG in dags/ imports with no error and has the shape the catalogue promises."""
 
+import itertools
 from pathlib import Path
 
 import pytest
-
 from bakery.catalogue import load_catalogue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,23 +20,65 @@ def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
 
 
+CHAINS = {
+    "local": ["prepare", "validate", "build", "smoke_test", "publish", "prune"],
+    "azure": ["prepare", "validate", "build", "smoke_setup", "smoke_test", "publish", "prune"],
+}
+
+
 def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
     specs = load_catalogue()
-    assert set(dagbag.dag_ids) == {f"bake_{n.replace('-', '_')}" for n in specs}
+    assert {d for d in dagbag.dag_ids if d.startswith("bake_")} == {f"bake_{n.replace('-', '_')}" for n in specs}
+    assert {s.target for s in specs.values()} == set(CHAINS)  # both targets are in the shipped catalogue
     for name, spec in specs.items():
         dag = dagbag.dags[f"bake_{name.replace('-', '_')}"]
         assert dag.max_active_runs == 1
         assert dag.catchup is False
-        chain = ["prepare", "validate", "build", "smoke_test", "publish", "prune"]
-        assert sorted(dag.task_ids) == sorted(chain)
-        for up, down in zip(chain, chain[1:]):
+        chain = CHAINS[spec.target]
+        extra = {"smoke_teardown"} if spec.target == "azure" else set()
+        assert sorted(dag.task_ids) == sorted([*chain, *extra])
+        for up, down in itertools.pairwise(chain):
             assert dag.get_task(down).upstream_task_ids == {up}
         assert dag.get_task("build").execution_timeout.total_seconds() == spec.build_timeout_minutes * 60
         assert dag.get_task("publish").retries >= 1  # publish is idempotent, so retrying is safe
         params = dag.params
         assert params["prune_keep"] == spec.prune.keep
-        assert params.get_param("accelerator").schema["enum"] == ["auto", "kvm", "tcg"]
         assert params.get_param("prune_keep").schema["minimum"] == 1
+        if spec.target == "local":
+            assert params.get_param("accelerator").schema["enum"] == ["auto", "kvm", "tcg"]
+        else:
+            assert params["replace_existing"] is False and params["prune_dry_run"] is spec.prune.dry_run
+            assert "accelerator" not in params
+
+
+def test_azure_smoke_teardown_is_an_airflow_teardown_of_the_smoke_setup(dagbag):
+    from airflow.task.trigger_rule import TriggerRule
+
+    for name, spec in load_catalogue().items():
+        if spec.target != "azure":
+            continue
+        dag = dagbag.dags[f"bake_{name.replace('-', '_')}"]
+        setup, check, teardown = (dag.get_task(t) for t in ("smoke_setup", "smoke_test", "smoke_teardown"))
+        assert setup.is_setup and teardown.is_teardown and not check.is_setup
+        assert teardown.upstream_task_ids == {"smoke_setup", "smoke_test"}
+        assert teardown.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS  # runs whatever the check did
+        assert teardown.on_failure_fail_dagrun is True  # a leftover VM fails the run loudly
+        assert dag.get_task("publish").upstream_task_ids == {"smoke_test"}
+        assert type(dag.get_task("build")).__name__ == "AzurePackerOperator"
+        assert dag.get_task("build").conn_id == spec.azure.conn_id
+
+
+def test_dag_files_import_no_azure_sdk_and_need_no_connection():
+    import subprocess
+    import sys
+
+    code = ("import sys; from airflow.dag_processing.dagbag import DagBag; "
+            f"b = DagBag(dag_folder={str(REPO / 'dags')!r}); assert not b.import_errors, b.import_errors; "
+            "print(sorted(m for m in sys.modules if m == 'azure' or m.startswith(('azure.', 'msal', "
+            "'airflow.providers.microsoft.azure.hooks', 'bakery.hooks', 'bakery.targets.azure'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_bad_catalogue_is_an_import_error_naming_the_field(tmp_path, monkeypatch):

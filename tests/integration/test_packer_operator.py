@@ -21,6 +21,10 @@ from bakery.packer.runner import group_members
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
 SECRET = "op-secret-9d2e-VALUE"
+G_SECRET = pytest.mark.guarantee(
+    "sensitive Packer variable",
+    expected="never on the command line, in a file, the task log, XCom or an error message",
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="needs the packer binary")
 
@@ -154,6 +158,7 @@ def test_failing_build_fails_the_task_quoting_the_provisioner(dags_folder, tmp_p
     assert "provisioner says: disk full" in text
 
 
+@G_SECRET
 def test_sensitive_variables_of_a_subclass_are_used_and_masked(dags_folder, tmp_path, capfd):
     saved = tmp_path / "xcom.json"
     dag = load_dag(
@@ -184,6 +189,10 @@ def test_sensitive_variables_of_a_subclass_are_used_and_masked(dags_folder, tmp_
     assert SECRET not in saved.read_text()
 
 
+@pytest.mark.guarantee(
+    "build exceeds its execution_timeout",
+    expected="the task fails; Packer got SIGTERM and cleaned up; nothing of its group is left",
+)
 def test_execution_timeout_stops_packers_process_group(dags_folder, tmp_path, capfd):
     failure = tmp_path / "failure.txt"
     dag = load_dag(

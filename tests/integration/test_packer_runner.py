@@ -22,6 +22,18 @@ import pytest
 
 from bakery.packer.runner import PackerError, PackerRunner, group_members
 
+G_STOP = pytest.mark.guarantee(
+    "Packer stopped mid-build (terminate, SIGTERM, exception, caller killed)",
+    expected="Packer cleans up first (QEMU stopped, output deleted), then nothing of its group is left",
+)
+
+
+G_SECRET = pytest.mark.guarantee(
+    "sensitive Packer variable",
+    expected="never on the command line, in a file, the task log, XCom or an error message",
+)
+
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
 
@@ -260,6 +272,7 @@ def _snapshot(runner: PackerRunner, snap: dict) -> None:
     snap["packer_env"] = Path(f"/proc/{pgid}/environ").read_bytes().decode(errors="replace").split("\0")
 
 
+@G_SECRET
 def test_sensitive_value_never_in_log_argv_or_var_file():
     snap: dict = {}
     runner: PackerRunner
@@ -294,6 +307,7 @@ def test_sensitive_value_never_in_log_argv_or_var_file():
     assert "token again, with a comma: ***, done" in log.text
 
 
+@G_SECRET
 def test_sensitive_value_never_in_a_failure_message():
     runner = PackerRunner(
         TEMPLATES / "sensitive",
@@ -312,6 +326,7 @@ def test_sensitive_value_never_in_a_failure_message():
 # -- stopping ----------------------------------------------------------------------------------
 
 
+@G_STOP
 def test_an_exception_during_the_run_stops_packers_group():
     """What Airflow's execution_timeout does: AirflowTaskTimeout raised (by SIGALRM) in the loop."""
 
@@ -346,6 +361,7 @@ def test_an_exception_during_the_run_stops_packers_group():
     assert "Cancelling build after receiving terminated" in log.text  # Packer's own handling
 
 
+@G_STOP
 def test_terminate_kills_the_group_when_packer_does_not_finish_in_grace(tmp_path):
     (tmp_path / "stubborn.pkr.hcl").write_text(
         'source "null" "stubborn" {\n  communicator = "none"\n}\n\n'
@@ -385,6 +401,7 @@ def test_terminate_kills_the_group_when_packer_does_not_finish_in_grace(tmp_path
     assert "was stopped" in str(outcome["error"])
 
 
+@G_STOP
 @needs_qemu
 def test_terminate_mid_qemu_build_leaves_no_process_and_no_output(tmp_path):
     out = tmp_path / "out"
@@ -431,6 +448,7 @@ def test_terminate_mid_qemu_build_leaves_no_process_and_no_output(tmp_path):
     assert "SIGKILL" not in log.text
 
 
+@G_STOP
 @needs_qemu
 def test_sigterm_to_the_runners_process_stops_packer_first(tmp_path):
     out = tmp_path / "out"
@@ -485,6 +503,7 @@ def _runner_script(tmp_path: Path, out: Path) -> Path:
     return script
 
 
+@G_STOP
 @needs_qemu
 def test_packer_finishes_its_cleanup_even_if_the_runner_process_was_killed(tmp_path):
     """Airflow SIGKILLs a task ~5 s after SIGTERM: Packer, in its own session, must still clean up.

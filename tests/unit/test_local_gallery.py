@@ -56,6 +56,7 @@ def test_republish_same_run_is_a_noop_and_other_run_is_refused(tmp_path, target)
     assert (target.gallery / "img" / rec.version / "disk.qcow2").read_bytes() == b"disk2026.1128.200000"
 
 
+@pytest.mark.guarantee("publish of an image whose smoke test failed", expected="refused; nothing published")
 def test_failed_smoke_test_is_never_published(tmp_path, target):
     with pytest.raises(GalleryError, match="smoke test did not pass"):
         target.publish(make_record(tmp_path, "2026.1128.200000", passed=False), print)
@@ -69,6 +70,10 @@ def test_latest_is_highest_version_numerically_not_last_published(tmp_path, targ
     assert target.latest("img") == "2026.1128.1030001"
 
 
+@pytest.mark.guarantee(
+    "publish interrupted by an exception (in process)",
+    expected="no visible version, staging removed; the retry publishes",
+)
 def test_crash_during_publish_leaves_no_visible_version(tmp_path, target, monkeypatch):
     rec = make_record(tmp_path, "2026.1128.200000")
     real_rename = os.rename

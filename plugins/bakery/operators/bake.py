@@ -7,15 +7,32 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from bakery import bake
+from bakery.catalogue import get_image
 from bakery.operators.packer import PackerOperator, _as_mapping
-from bakery.sshkey import ephemeral_keypair
-from bakery.catalogue import load_catalogue
 from bakery.record import BakeRecord
+from bakery.sshkey import ephemeral_keypair
 from bakery.targets.base import SmokeCheck
 
 
 def _spec(image: str):
-    return load_catalogue()[image]
+    return get_image(image)  # an image no longer in the catalogue: an error naming the ones that are
+
+
+def make_target(spec):
+    """The image's target, ready to use: for Azure with SDK clients from its connection (built on
+    first use, from ``AzureImageHook``; nothing is resolved at DAG parse time)."""
+    if spec.target == "azure":
+        from bakery.hooks.azure import AzureImageHook
+
+        hook = AzureImageHook(spec.azure.conn_id, subscription_id=spec.azure.subscription_id)
+        return bake.get_target("azure", spec, clients=hook.clients)
+    return bake.get_target(spec.target, spec)
+
+
+def close_target(target) -> None:
+    close = getattr(target, "close", None)
+    if close is not None:
+        close()
 
 
 class PrepareBakeOperator(BaseOperator):
@@ -30,15 +47,21 @@ class PrepareBakeOperator(BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         dag_run = context["dag_run"]
-        return bake.prepare(
-            _spec(self.image),
-            run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
-            logical_date=dag_run.logical_date,
-            run_after=dag_run.run_after,
-            dag_run_id=dag_run.run_id,
-            accelerator=self.accelerator,
-            log=self.log.info,
-        )
+        spec = _spec(self.image)
+        target = make_target(spec)
+        try:
+            return bake.prepare(
+                spec,
+                run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+                logical_date=dag_run.logical_date,
+                run_after=dag_run.run_after,
+                dag_run_id=dag_run.run_id,
+                accelerator=self.accelerator,
+                log=self.log.info,
+                target=target,
+            )
+        finally:
+            close_target(target)
 
 
 class QemuPackerOperator(PackerOperator):
@@ -49,6 +72,9 @@ class QemuPackerOperator(PackerOperator):
     """
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery.preflight import check_base_image
+
+        check_base_image(_as_mapping(self.variables, "variables"))  # before any key or Packer run
         with ephemeral_keypair(f"bakery-{self.task_id}") as (private_key, public_key):
             self.variables = {
                 **_as_mapping(self.variables, "variables"),
@@ -56,6 +82,13 @@ class QemuPackerOperator(PackerOperator):
                 "ssh_public_key_file": str(public_key),
             }
             return super().execute(context)
+
+
+def smoke_check_of(spec, params) -> SmokeCheck:
+    """The catalogue's HTTP check with the run's timeout (Param smoke_timeout_seconds)."""
+    timeout = params.get("smoke_timeout_seconds") if params else None
+    return SmokeCheck(**{**spec.smoke_test.__dict__,
+                         "timeout_seconds": int(timeout if timeout is not None else spec.smoke_test.timeout_seconds)})
 
 
 class SmokeTestOperator(BaseOperator):
@@ -71,10 +104,14 @@ class SmokeTestOperator(BaseOperator):
         ti = context["ti"]
         prepared = ti.xcom_pull(task_ids=self.prepare_task_id)
         built = ti.xcom_pull(task_ids=self.build_task_id)
-        rec = bake.record_with_build(prepared["record"], built)
-        params = context["params"]
-        check = SmokeCheck(**{**_spec(self.image).smoke_test.__dict__, "timeout_seconds": int(params["smoke_timeout_seconds"])})
-        rec = bake.smoke_test(rec, check, self.log.info)
+        spec = _spec(self.image)
+        rec = bake.record_with_build(prepared["record"], built, bake.get_target(spec.target, spec))
+        check = smoke_check_of(spec, context["params"])
+        target = make_target(spec)
+        try:
+            rec = bake.smoke_test(rec, check, self.log.info, target)
+        finally:
+            close_target(target)
         if not rec.smoke["passed"]:
             raise RuntimeError(
                 f"smoke test of {rec.image} {rec.version} failed after {rec.smoke['seconds']}s: "
@@ -83,16 +120,30 @@ class SmokeTestOperator(BaseOperator):
         return rec.to_dict()
 
 
-class PublishOperator(BaseOperator):
-    """Publishes the smoke-tested image as a gallery version (atomic, idempotent)."""
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() == "true"
 
-    def __init__(self, *, smoke_task_id: str = "smoke_test", **kwargs):
+
+class PublishOperator(BaseOperator):
+    """Publishes the smoke-tested image as a gallery version (atomic, idempotent).
+
+    ``replace_existing`` (Azure): replace a version of the same number published by another run.
+    """
+
+    template_fields = ("replace_existing",)
+
+    def __init__(self, *, smoke_task_id: str = "smoke_test", replace_existing: Any = False, **kwargs):
         super().__init__(**kwargs)
         self.smoke_task_id = smoke_task_id
+        self.replace_existing = replace_existing
 
     def execute(self, context) -> dict[str, Any]:
         rec = BakeRecord.from_dict(context["ti"].xcom_pull(task_ids=self.smoke_task_id))
-        return bake.publish(rec, self.log.info).to_dict()
+        target = make_target(_spec(rec.image))
+        try:
+            return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+        finally:
+            close_target(target)
 
 
 class PruneOperator(BaseOperator):
@@ -109,5 +160,8 @@ class PruneOperator(BaseOperator):
 
     def execute(self, context) -> list[str]:
         rec = BakeRecord.from_dict(context["ti"].xcom_pull(task_ids=self.publish_task_id))
-        dry_run = self.dry_run if isinstance(self.dry_run, bool) else str(self.dry_run).lower() == "true"
-        return bake.prune(rec, int(self.keep), dry_run, self.log.info)
+        target = make_target(_spec(rec.image))
+        try:
+            return bake.prune(rec, int(self.keep), _flag(self.dry_run), self.log.info, target)
+        finally:
+            close_target(target)

@@ -9,6 +9,12 @@ raised by SIGALRM inside ``execute``). ``on_kill`` calls ``PackerRunner.terminat
 the runner itself stops Packer's process group on any exception escaping the run (the timeout,
 KeyboardInterrupt) and on SIGTERM while Packer runs, so Packer always gets its SIGTERM and the
 grace period to clean up its builder before anything is SIGKILLed.
+
+Killed hard (SIGKILL: the worker died, the task was OOM-killed), none of that can run and Packer,
+in its own session, survives and keeps building. For ``build`` the operator therefore gives the
+runner a work folder (``work_dir``): the runner records its Packer there and, on the retry, stops
+a Packer that an earlier attempt left running before it starts its own, and refuses to build
+while another build holds that folder (see ``bakery.packer.runner`` and ``bakery.worklock``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from bakery.packer.runner import PackerError, PackerResult, PackerRunner
 
 Command = Literal["init", "validate", "build"]
 COMMANDS = ("init", "validate", "build")
+AUTO = "auto"
 
 
 def _as_mapping(value: Any, field: str) -> dict[str, Any]:
@@ -79,9 +86,14 @@ class PackerOperator(BaseOperator):
     :param kill_grace_seconds: how long Packer may take to clean up after SIGTERM before SIGKILL.
     :param manifest_path: the manifest post-processor's output; when set, the entry of *this*
         run is attached to the result. Relative to ``template_dir``. Templated.
+    :param work_dir: for ``build``, the folder this build owns: locked for the build (a second
+        build of it fails at once), Packer recorded in it so that a retry stops a Packer left
+        running by a killed attempt. ``"auto"`` (default): the parent folder of the template's
+        ``output_directory`` variable if it has one (the bakery's ``<work>/<image>/<version>/output``
+        layout), else none; ``None``: none. Templated.
     """
 
-    template_fields: Sequence[str] = ("template_dir", "variables", "var_files", "manifest_path")
+    template_fields: Sequence[str] = ("template_dir", "variables", "var_files", "manifest_path", "work_dir")
     ui_color = "#02a8ef"
 
     def __init__(
@@ -95,6 +107,7 @@ class PackerOperator(BaseOperator):
         packer_bin: str = "packer",
         kill_grace_seconds: int = 120,
         manifest_path: str | None = None,
+        work_dir: str | None = AUTO,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +121,7 @@ class PackerOperator(BaseOperator):
         self.packer_bin = packer_bin
         self.kill_grace_seconds = kill_grace_seconds
         self.manifest_path = manifest_path
+        self.work_dir = work_dir
         self._runner: PackerRunner | None = None
 
     def get_sensitive_variables(self, context: Any) -> dict[str, str]:
@@ -128,16 +142,30 @@ class PackerOperator(BaseOperator):
         if not template.exists():
             raise FileNotFoundError(f"Packer template {template} does not exist (template_dir of {self.task_id})")
         cwd = template if template.is_dir() else template.parent
+        variables = _as_mapping(self.variables, "variables")
         return PackerRunner(
             template,
             packer_bin=self.packer_bin,
-            variables=_as_mapping(self.variables, "variables"),
+            variables=variables,
             sensitive_variables=sensitive,
             var_files=_as_list(self.var_files, "var_files"),
             cwd=cwd,
             log=self.log.info,
             kill_grace_seconds=self.kill_grace_seconds,
+            work_dir=self.resolve_work_dir(variables, cwd),
         )
+
+    def resolve_work_dir(self, variables: dict[str, Any], cwd: Path) -> Path | None:
+        """The build's work folder (see ``work_dir``); None for other commands."""
+        if self.command != "build" or self.work_dir in (None, ""):
+            return None
+        if self.work_dir != AUTO:
+            return Path(str(self.work_dir)).expanduser().resolve()
+        out = variables.get("output_directory")
+        if not isinstance(out, str) or not out.strip():
+            return None
+        path = Path(out).expanduser()
+        return (path if path.is_absolute() else cwd / path).resolve().parent
 
     def execute(self, context: Any) -> dict[str, Any]:
         runner = self._runner = self.make_runner(context)

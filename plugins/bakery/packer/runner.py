@@ -19,6 +19,17 @@ How it runs Packer:
 "Cancelling build after receiving terminated", its builders clean up, e.g. the QEMU builder
 stops QEMU and deletes its output folder), waits ``kill_grace_seconds`` for that, then SIGKILLs
 whatever is left of the group.
+
+With a ``work_dir`` (the folder this build owns, e.g. ``$BAKERY_HOME/work/<image>/<version>``),
+``build()`` also guards against the two ways a build collides with another one on that folder:
+
+- it holds the folder's lock (``bakery.worklock``) for the whole build: a second build (or a
+  smoke test / publish) of the same folder fails at once with ``WorkBusyError``;
+- it records its Packer in ``<work_dir>/packer.pid.json`` (``bakery.packer.leftovers``); before
+  starting, a Packer recorded there by an earlier attempt that is still alive (the task was
+  SIGKILLed, Packer survived in its own session) is stopped (SIGTERM, bounded wait, SIGKILL;
+  verified by start time, never a reused pid), and a stale ``output_directory`` inside the work
+  folder is removed.
 """
 
 from __future__ import annotations
@@ -38,7 +49,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery import procfs
+from bakery.packer.leftovers import (
+    STATE_NAME,
+    TOKEN_ENV,
+    PackerState,
+    stop_leftover,
+    write_state,
+)
 from bakery.packer.machine_readable import Artifact, BuildError, MachineReadableParser
+from bakery.worklock import work_lock
 
 Log = Callable[[str], None]
 
@@ -147,50 +167,9 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid`` (read from /proc)."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2 :].split()
-        if len(rest) >= 3 and rest[0] not in ("Z", "X") and int(rest[2]) == pgid:
-            out.append(int(entry.name))
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    """Children of every thread of ``pid`` (Go starts processes from any of its threads)."""
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                out.extend(int(x) for x in fh.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def _environ_value(pid: int, name: str) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    prefix = name.encode() + b"="
-    for item in data.split(b"\0"):
-        if item.startswith(prefix):
-            return item[len(prefix) :].decode(errors="replace")
-    return None
+group_members = procfs.group_members  # re-exported: tests and callers import it from here
+_children = procfs.children
+_environ_value = procfs.environ_value
 
 
 class PackerRunner:
@@ -198,7 +177,8 @@ class PackerRunner:
 
     ``template`` is a folder (HCL2), a ``*.pkr.hcl`` / ``*.pkr.json`` file, or a legacy ``*.json``
     template. ``env`` is added to this process's environment. ``log`` receives each decoded,
-    masked line of Packer's UI as it arrives.
+    masked line of Packer's UI as it arrives. ``work_dir``: the folder a ``build`` owns (locked,
+    leftover Packer recorded and stopped, see the module doc); None for none of that.
     """
 
     def __init__(
@@ -213,8 +193,10 @@ class PackerRunner:
         cwd: str | os.PathLike[str] | None = None,
         log: Log = print,
         kill_grace_seconds: float = 60,
+        work_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.template = str(template)
+        self.work_dir = Path(work_dir).resolve() if work_dir is not None else None
         self.packer_bin = packer_bin
         self.variables = dict(variables or {})
         self.sensitive_variables = dict(sensitive_variables or {})
@@ -239,6 +221,7 @@ class PackerRunner:
         self._term_done = threading.Event()
         self._interrupted = False
         self._run_started: float | None = None  # wall clock of the last build's start
+        self._state: PackerState | None = None  # the state file record of the build in progress
         self.var_file_path: str | None = None  # the var-file of the run in progress (tests look)
         self.last_run_uuid: str | None = None
         self.last_result: PackerResult | None = None
@@ -308,7 +291,12 @@ class PackerRunner:
             args.append("-force")
         if only:
             args.append(f"-only={','.join(only)}")
-        result = self._run("build", args, discover_uuid=True)
+        if self.work_dir is None:
+            result = self._run("build", args, discover_uuid=True)
+        else:
+            with work_lock(self.work_dir, f"packer build of {self.template}"):
+                self.clear_leftovers()
+                result = self._run("build", args, discover_uuid=True, state_file=self.state_file)
         if result.exit_code != 0 or result.interrupted:
             raise PackerError(self._failure_message(result), result=result, command="build")
         if not result.artifacts:
@@ -323,6 +311,28 @@ class PackerRunner:
             files = f" files: {', '.join(a.files)}" if a.files else ""
             self.log(f"artifact of {a.build}: {a.id} ({a.builder_id}){files}")
         return result
+
+    @property
+    def state_file(self) -> Path | None:
+        return self.work_dir / STATE_NAME if self.work_dir is not None else None
+
+    def clear_leftovers(self) -> dict[str, Any] | None:
+        """Stop a Packer run an earlier attempt left in ``work_dir``; remove a stale output folder.
+
+        Call with the work folder's lock held (``build()`` does).
+        """
+        if self.work_dir is None:
+            return None
+        report = stop_leftover(self.state_file, grace_seconds=self.kill_grace_seconds, log=self.log)
+        out = self.variables.get("output_directory")
+        if isinstance(out, str) and out:
+            path = Path(out) if os.path.isabs(out) else Path(self.cwd or ".") / out
+            path = path.resolve()
+            if path.exists() and path != self.work_dir and path.is_relative_to(self.work_dir):
+                self.log(f"removing the output folder {path} left by an earlier attempt")
+                shutil.rmtree(path)
+                report["removed_output"] = str(path)
+        return report
 
     def terminate(self) -> None:
         """Stop Packer: SIGTERM to its process group, wait for its cleanup, then SIGKILL the rest.
@@ -440,7 +450,13 @@ class PackerRunner:
         return args
 
     def _run(
-        self, command: str, args: list[str], *, use_variables: bool = True, discover_uuid: bool = False
+        self,
+        command: str,
+        args: list[str],
+        *,
+        use_variables: bool = True,
+        discover_uuid: bool = False,
+        state_file: Path | None = None,
     ) -> PackerResult:
         if self._proc is not None:
             raise RuntimeError("this PackerRunner is already running Packer")
@@ -469,6 +485,13 @@ class PackerRunner:
             out_r, out_w = _output_channel(tmpdir)
             tail = _LineTail(out_r)
             prev_handler = self._install_sigterm_handler()
+            env = self._environment()
+            if state_file is not None:
+                # recorded before Packer starts (token only: found by its environment if we die
+                # right after starting it), completed with its pid and start time right after
+                self._state = PackerState.new(self.template, command)
+                env[TOKEN_ENV] = self._state.token
+                write_state(state_file, self._state)
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -476,9 +499,13 @@ class PackerRunner:
                     stdout=out_w,
                     stderr=subprocess.STDOUT,
                     cwd=self.cwd,
-                    env=self._environment(),
+                    env=env,
                     start_new_session=True,
                 )
+                if state_file is not None and self._state is not None:
+                    self._state.pid = self._state.pgid = proc.pid
+                    self._state.start_ticks = procfs.start_ticks(proc.pid)
+                    write_state(state_file, self._state)
             except FileNotFoundError as e:
                 raise PackerError(
                     f"the Packer binary {self.packer_bin!r} was not found: install Packer or set packer_bin"
@@ -516,6 +543,10 @@ class PackerRunner:
                 self._reap_leftovers()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
+            if state_file is not None and (proc is None or not group_members(proc.pid)):
+                with contextlib.suppress(OSError):
+                    state_file.unlink(missing_ok=True)  # nothing of this run is left to find
+            self._state = None
             if tail is not None:
                 tail.close()
             self._proc = None

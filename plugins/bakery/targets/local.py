@@ -10,6 +10,16 @@ Gallery layout (``$BAKERY_HOME/gallery`` by default)::
 
 A version becomes visible only by ``rename(2)`` of a complete staging folder, so no half-written
 version is ever visible; publishing the same run again is a no-op.
+
+A publish or prune killed half-way (SIGKILL, power loss) leaves a ``.staging-*`` / ``.trash-*`` /
+``.latest-*`` entry behind, never a visible version. The next publish or prune of the image removes
+them, under the image lock: holding it means no other publish or prune of the image is in flight,
+so every such entry is stale.
+
+The built disk lives in the version's work folder (``$BAKERY_HOME/work/<image>/<version>``); the
+smoke test and the publish hold that folder's lock (``bakery.worklock``) while they read it, so a
+second build of the same image version cannot rewrite the disk under them (and they refuse to run
+while such a build holds it).
 """
 
 from __future__ import annotations
@@ -29,17 +39,31 @@ from typing import Iterator
 
 from bakery.digest import sha256_file
 from bakery.http_check import poll_http
-from bakery.paths import REPO_ROOT, bakery_home, gallery_root
+from bakery.paths import REPO_ROOT, bakery_home, gallery_root, work_root
 from bakery.record import BakeRecord, SmokeResult
 from bakery.targets.base import Log, PublishedVersion, SmokeCheck
 from bakery.versioning import VersionError, parse_version, version_key
+from bakery.worklock import work_lock
 
 DISK_NAME = "disk.qcow2"
 META_NAME = "metadata.json"
+STALE_PREFIXES = (".staging-", ".trash-", ".latest-")  # in-flight entries; stale unless locked
 
 
 class GalleryError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _artifact_lock(record: BakeRecord, purpose: str) -> Iterator[None]:
+    """Hold the version's work-folder lock when the artifact lives in it (the bakery's layout)."""
+    wd = (work_root() / record.image / record.version).resolve()
+    src = Path(record.artifact_id or "").resolve()
+    if not src.is_relative_to(wd):
+        yield
+        return
+    with work_lock(wd, f"{purpose} of {record.image} {record.version}"):
+        yield
 
 
 def _fsync_dir(path: Path) -> None:
@@ -120,6 +144,10 @@ class LocalTarget:
 
     # ---- smoke test -------------------------------------------------------------------------
     def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult:
+        with _artifact_lock(record, "smoke test"):
+            return self._smoke_test(record, check, log)
+
+    def _smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult:
         from bakery.qemu import QemuVM
 
         disk = Path(record.artifact_id or "")
@@ -137,6 +165,7 @@ class LocalTarget:
             serial_log=serial_log,
             accelerator=record.extra.get("accelerator"),
             isolated=True,  # the guest cannot reach out; the port forward still works
+            name=f"bakery-smoke-{record.image}-{record.version}",
         ) as vm:
             url = f"http://127.0.0.1:{vm.host_port}{check.path}"
             result = poll_http(url, check, log=log, started=started, alive=vm.is_running)
@@ -162,6 +191,50 @@ class LocalTarget:
                 yield d
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def try_locked(self, image: str) -> Iterator[Path | None]:
+        """The image lock if it is free right now (yields the image folder), else yields None."""
+        d = self._image_dir(image)
+        if not d.is_dir():
+            yield None
+            return
+        with open(d / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            try:
+                yield d
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def stale_entries(image_dir: Path) -> list[Path]:
+        """``.staging-*`` / ``.trash-*`` / ``.latest-*`` entries (stale when the image lock is free)."""
+        if not image_dir.is_dir():
+            return []
+        return sorted(p for p in image_dir.iterdir() if p.name.startswith(STALE_PREFIXES))
+
+    @staticmethod
+    def remove_entry(path: Path) -> None:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path)
+
+    def _remove_stale(self, image_dir: Path, log: Log) -> list[str]:
+        """With the image lock held: remove what killed publishes / prunes left behind."""
+        removed = []
+        for p in self.stale_entries(image_dir):
+            self.remove_entry(p)
+            removed.append(p.name)
+        if removed:
+            _fsync_dir(image_dir)
+            log(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} left by an interrupted "
+                f"publish or prune in {image_dir}: {', '.join(removed)}")
+        return removed
 
     def _versions(self, image_dir: Path) -> list[str]:
         out = []
@@ -202,7 +275,8 @@ class LocalTarget:
         src = Path(record.artifact_id or "")
         if not record.smoke or not record.smoke.get("passed"):
             raise GalleryError(f"refusing to publish {record.image} {record.version}: the smoke test did not pass")
-        with self._locked(record.image) as image_dir:
+        with _artifact_lock(record, "publish"), self._locked(record.image) as image_dir:
+            self._remove_stale(image_dir, log)
             final = image_dir / record.version
             if final.exists():
                 return self._adopt_existing(record, final, log)
@@ -282,12 +356,18 @@ class LocalTarget:
         if keep < 1:
             raise ValueError(f"prune: keep must be at least 1, got {keep}")
         with self._locked(image) as image_dir:
+            if not dry_run:
+                self._remove_stale(image_dir, log)
             versions = self.list_versions(image)
             if not versions:
                 log(f"prune {image}: no published versions")
                 return []
             highest = versions[-1].version
-            keep_set = {v.version for v in versions[-keep:]} | set(protect) | {highest}
+            # never the highest, never what `latest` names right now (readers follow it without
+            # the lock: it must not dangle even for a moment, e.g. after a publish was killed
+            # between its rename and its move of `latest`)
+            current = self.latest(image)
+            keep_set = {v.version for v in versions[-keep:]} | set(protect) | {highest} | ({current} if current else set())
             doomed = [v for v in versions if v.version not in keep_set and not v.pinned]
             for v in versions:
                 if v.pinned and v.version not in keep_set:

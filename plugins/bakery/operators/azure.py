@@ -1,0 +1,133 @@
+"""Airflow adapters of the Azure target: Packer with the connection's credentials, and the three
+smoke-test steps (setup, check, teardown) the DAG wires as an Airflow setup/teardown pair.
+
+Nothing Azure is imported or resolved at DAG parse time: the hook (and with it the provider and
+the SDK) is imported inside ``execute``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from bakery import bake
+from bakery.operators.bake import _spec, close_target, make_target, smoke_check_of
+from bakery.operators.packer import PackerOperator, _as_mapping
+from bakery.record import BakeRecord
+
+VERDICT_KEY = "smoke_verdict"
+
+
+class AzurePackerOperator(PackerOperator):
+    """PackerOperator for the azure-arm templates: authentication from an ``azure`` connection.
+
+    ``subscription_id``, ``tenant_id``, ``client_id``, ``use_azure_cli_auth`` and
+    ``cloud_environment_name`` are plain variables; ``client_secret`` is only ever a sensitive
+    variable (``PKR_VAR_client_secret`` in Packer's environment, masked in the task log).
+    """
+
+    def __init__(self, *, conn_id: str, subscription_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.subscription_id = subscription_id
+        self._sensitive: dict[str, str] | None = None
+
+    def _auth(self) -> tuple[dict[str, Any], dict[str, str]]:
+        from bakery.hooks.azure import AzureImageHook
+
+        return AzureImageHook(self.conn_id, subscription_id=self.subscription_id).packer_variables()
+
+    def get_sensitive_variables(self, context: Any) -> dict[str, str]:
+        if self._sensitive is None:
+            plain, self._sensitive = self._auth()
+            self.variables = {**_as_mapping(self.variables, "variables"), **plain}
+        return dict(self._sensitive)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        self._sensitive = None  # read the connection on every try (it may have been fixed meanwhile)
+        return {**super().execute(context), "leak": self._sensitive}  # DELIBERATE BREAK
+
+
+def _record(context: Any, task_id: str) -> BakeRecord:
+    data = context["ti"].xcom_pull(task_ids=task_id)
+    if not data:
+        raise RuntimeError(f"no bake record from task {task_id!r}")
+    return BakeRecord.from_dict(data.get("record", data))
+
+
+class AzureSmokeSetupOperator(BaseOperator):
+    """Creates the smoke-test VM (NSG, IP, NIC, VM) from the new managed image; an Airflow setup task.
+
+    On failure it deletes what it created before failing; a retry first deletes leftovers.
+    """
+
+    def __init__(self, *, image: str, prepare_task_id: str = "prepare", build_task_id: str = "build", **kwargs):
+        super().__init__(**kwargs)
+        self.image = image
+        self.prepare_task_id = prepare_task_id
+        self.build_task_id = build_task_id
+
+    def execute(self, context) -> dict[str, Any]:
+        ti = context["ti"]
+        spec = _spec(self.image)
+        target = make_target(spec)
+        try:
+            rec = bake.record_with_build(ti.xcom_pull(task_ids=self.prepare_task_id)["record"],
+                                         ti.xcom_pull(task_ids=self.build_task_id), target)
+            return bake.smoke_setup(rec, smoke_check_of(spec, context["params"]), self.log.info, target).to_dict()
+        finally:
+            close_target(target)
+
+
+class AzureSmokeCheckOperator(BaseOperator):
+    """Polls the smoke-test VM's HTTP answer; fails the task (so nothing is published) if it is wrong.
+
+    Pushes its verdict as XCom ``smoke_verdict`` (also when it fails) for the teardown.
+    """
+
+    def __init__(self, *, image: str, setup_task_id: str = "smoke_setup", **kwargs):
+        super().__init__(**kwargs)
+        self.image = image
+        self.setup_task_id = setup_task_id
+
+    def execute(self, context) -> dict[str, Any]:
+        spec = _spec(self.image)
+        rec = _record(context, self.setup_task_id)
+        target = make_target(spec)
+        try:
+            rec = bake.smoke_check(rec, smoke_check_of(spec, context["params"]), self.log.info, target)
+        finally:
+            close_target(target)
+        passed = bool(rec.smoke and rec.smoke["passed"])
+        context["ti"].xcom_push(key=VERDICT_KEY, value="passed" if passed else "failed")
+        if not passed:
+            raise RuntimeError(
+                f"smoke test of {rec.image} {rec.version} failed after {rec.smoke['seconds']}s: {rec.smoke['detail']}"
+            )
+        return rec.to_dict()
+
+
+class AzureSmokeTeardownOperator(BaseOperator):
+    """Deletes every smoke-test resource of this bake (an Airflow teardown task: it runs whatever
+    happened to the check). When the check failed, it also deletes the bake's managed image, which
+    will never be published (unless the catalogue sets ``azure.keep_failed_image``)."""
+
+    def __init__(self, *, image: str, prepare_task_id: str = "prepare", check_task_id: str = "smoke_test", **kwargs):
+        super().__init__(**kwargs)
+        self.image = image
+        self.prepare_task_id = prepare_task_id
+        self.check_task_id = check_task_id
+
+    def execute(self, context) -> list[str]:
+        spec = _spec(self.image)
+        rec = _record(context, self.prepare_task_id)
+        verdict = context["ti"].xcom_pull(task_ids=self.check_task_id, key=VERDICT_KEY)
+        delete_image = verdict == "failed" and not spec.azure.keep_failed_image
+        if delete_image:
+            self.log.info("the smoke test failed: the managed image of %s %s goes too", rec.image, rec.version)
+        target = make_target(spec)
+        try:
+            return bake.smoke_teardown(rec, self.log.info, target, delete_image=delete_image)
+        finally:
+            close_target(target)
