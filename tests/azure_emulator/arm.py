@@ -749,6 +749,9 @@ class _GenericView:
         out = {"id": res.id, "name": res.name, "type": res.type, "location": res.location}
         if res.tags:
             out["tags"] = dict(res.tags)
+        expand = {x.strip().lower() for x in (ctx.q("$expand") or "").split(",")} if ctx is not None else set()
+        if "createdtime" in expand:  # GenericResourceExpanded: only when asked for, as ARM does
+            out["createdTime"] = _dt.datetime.fromtimestamp(res.created, _dt.UTC).isoformat()
         return out
 
 

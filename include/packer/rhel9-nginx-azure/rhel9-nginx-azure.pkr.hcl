@@ -17,12 +17,14 @@ locals {
   managed_image_name = "${var.image_name}-${replace(var.image_version, ".", "-")}"
 
   // Tags on every resource Packer deploys (temporary resource group, VM, NIC, virtual network,
-  // public IP, key vault) and on the managed image: a leftover always says which bake made it.
+  // public IP, key vault) and on the managed image: a leftover always says which bake made it,
+  // and since when (created_at, UTC, the build's start: the janitor judges a leftover's age by it).
   azure_tags = {
     image      = var.image_name
     version    = var.image_version
     dag_run_id = var.dag_run_id
     managed_by = "image-bakery"
+    created_at = timestamp()
   }
 }
 

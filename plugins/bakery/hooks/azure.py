@@ -29,7 +29,7 @@ issues tokens on its own Entra ID token endpoint.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Self
+from typing import Any
 
 from airflow.providers.microsoft.azure.hooks.base_azure import AzureBaseHook
 
@@ -50,6 +50,10 @@ _WELL_KNOWN_AUTHORITIES = {
 
 class AzureConnectionError(ValueError):
     """The connection cannot be used: says which connection, which field, and how to fix it."""
+
+
+class AzureConnectionMissing(AzureConnectionError):
+    """The connection is not defined at all (no Airflow connection, env variable or secret of that id)."""
 
 
 def _refused_error() -> type:
@@ -111,12 +115,6 @@ class ExplainedCredential:
         if close is not None:
             close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _truthy(value: Any) -> bool:
     if isinstance(value, bool):
@@ -141,7 +139,7 @@ class AzureImageHook(AzureBaseHook):
         try:
             return self.get_connection(self.conn_id)
         except AirflowNotFoundException:
-            raise AzureConnectionError(
+            raise AzureConnectionMissing(
                 f"the Airflow connection {self.conn_id!r} is not defined (the image's catalogue field azure.conn_id "
                 f"names it): create it as a connection of type azure, e.g. `airflow connections add {self.conn_id} "
                 "--conn-json '{\"conn_type\": \"azure\", \"login\": \"<client id>\", \"password\": \"<client secret>\", "

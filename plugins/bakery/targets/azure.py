@@ -499,9 +499,47 @@ class AzureTarget:
         Idempotent (404 = already gone). Raises, after trying everything, if something could not be
         deleted or is still there. With ``delete_image`` also the bake's managed image (a failed bake).
         """
-        az, rg = self.az, self.cfg.smoke_test.resource_group
+        rg = self.cfg.smoke_test.resource_group
         names = SmokeNames.of(record.image, record.version)
-        compute, network = az.compute, az.network
+        deleted, failures, found = self._delete_smoke(rg, names, log)
+        if delete_image:
+            img_rg, img_name = self.cfg.managed_image_resource_group, managed_image_name(record.image, record.version)
+            try:
+                self.az.compute.images.begin_delete(img_rg, img_name).result()
+                deleted.append(f"images/{img_name}")
+            except AzureError as exc:
+                if not _is_not_found(exc):
+                    failures.append(f"managed image {img_name}: {_error_text(exc)}")
+        return self._teardown_done(rg, names, deleted, failures, found, f"{record.image} {record.version}", log, quiet)
+
+    def delete_smoke_group(self, resource_group: str, smoke_id: str, log: Log) -> list[str]:
+        """Delete the smoke-test resources tagged ``smoke_id`` (and named after it) in ``resource_group``:
+        what the janitor does with a dead bake's leftovers. Same order, idempotency and errors as
+        :meth:`smoke_teardown`."""
+        names = SmokeNames(smoke_id)
+        deleted, failures, found = self._delete_smoke(resource_group, names, log)
+        return self._teardown_done(resource_group, names, deleted, failures, found, f"smoke group {smoke_id}", log,
+                                   True)
+
+    def _teardown_done(self, rg: str, names: SmokeNames, deleted: list[str], failures: list[str], found: bool,
+                       what: str, log: Log, quiet: bool) -> list[str]:
+        if not failures and found:
+            try:
+                left = [f"{r.type}/{r.name}" for r in self._tagged(rg, names)]
+            except AzureError as exc:
+                left = [] if _is_not_found(exc) else [f"(could not list: {_error_text(exc)})"]
+            failures += [f"{x}: still there after its delete" for x in left]
+        if failures:
+            raise AzureTargetError(f"smoke teardown of {what} in resource group {rg} "
+                                   "left resources behind:\n  - " + "\n  - ".join(failures))
+        if deleted or not quiet:
+            log(f"smoke teardown: {len(deleted)} resource(s) deleted in {rg}"
+                + (f": {', '.join(deleted)}" if deleted else " (nothing was there)"))
+        return deleted
+
+    def _delete_smoke(self, rg: str, names: SmokeNames, log: Log) -> tuple[list[str], list[str], bool]:
+        """Delete the smoke resources of ``names`` in ``rg``, VM first: (deleted, failures, found any)."""
+        compute, network = self.az.compute, self.az.network
         deleters: dict[str, Callable[[str], Any]] = {
             "microsoft.compute/virtualmachines": lambda n: compute.virtual_machines.begin_delete(rg, n),
             "microsoft.network/networkinterfaces": lambda n: network.network_interfaces.begin_delete(rg, n),
@@ -558,27 +596,7 @@ class AzureTarget:
                         failures.append(f"{label[rtype]} {name}: {_error_text(exc)}")
                     continue
                 deleted.append(f"{label[rtype]}/{name}")
-        if delete_image:
-            img_rg, img_name = self.cfg.managed_image_resource_group, managed_image_name(record.image, record.version)
-            try:
-                compute.images.begin_delete(img_rg, img_name).result()
-                deleted.append(f"images/{img_name}")
-            except AzureError as exc:
-                if not _is_not_found(exc):
-                    failures.append(f"managed image {img_name}: {_error_text(exc)}")
-        if not failures and wanted:
-            try:
-                left = [f"{r.type}/{r.name}" for r in self._tagged(rg, names)]
-            except AzureError as exc:
-                left = [] if _is_not_found(exc) else [f"(could not list: {_error_text(exc)})"]
-            failures += [f"{x}: still there after its delete" for x in left]
-        if failures:
-            raise AzureTargetError(f"smoke teardown of {record.image} {record.version} in resource group {rg} "
-                                   "left resources behind:\n  - " + "\n  - ".join(failures))
-        if deleted or not quiet:
-            log(f"smoke teardown: {len(deleted)} resource(s) deleted in {rg}"
-                + (f": {', '.join(deleted)}" if deleted else " (nothing was there)"))
-        return deleted
+        return deleted, failures, bool(wanted)
 
     def _tagged(self, rg: str, names: SmokeNames) -> list[Any]:
         flt = f"tagName eq 'smoke_id' and tagValue eq '{names.base}'"
