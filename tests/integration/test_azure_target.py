@@ -346,6 +346,24 @@ def test_publish_waits_for_a_version_of_this_run_still_replicating(world, target
     az.close()
 
 
+@pytest.mark.guarantee(
+    "Azure: replication exceeds the publish deadline",
+    expected="clear error naming the deadline; the retry adopts the same version (one PUT), nothing duplicated",
+)
+def test_replication_past_the_deadline_fails_clearly_and_the_retry_adopts_it(world, target):
+    emu = world.emu
+    emu.faults.slow_replication(3.0)
+    rec = record(world)
+    impatient = AzureTarget(target.spec, world.clients, progress_interval=0.05, publish_timeout=0.5)
+    with pytest.raises(AzureTargetError, match=r"still replicating after 0s \(the publish deadline\).*adopts"):
+        impatient.publish(rec, Log())
+    log = Log()
+    assert target.publish(rec, log).lower() == version_id(world).lower()  # the retry, patient again
+    assert "from this run is Creating: waiting for it" in log.text()
+    assert len(puts(emu, r"/versions/")) == 1
+    assert emu.get(version_id(world))["properties"]["provisioningState"] == "Succeeded"
+
+
 @G_PUBLISH_RETRY
 def test_a_failed_version_of_this_run_is_replaced(world, target):
     emu = world.emu

@@ -234,6 +234,7 @@ class AzureTarget:
         progress_interval: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         alive_interval: float = 30.0,
+        publish_timeout: float = 4 * 3600,
     ) -> None:
         if getattr(spec, "azure", None) is None:
             raise AzureTargetError(f"image {getattr(spec, 'name', spec)!r} has no azure block in the catalogue")
@@ -244,6 +245,7 @@ class AzureTarget:
         self._lock = threading.Lock()
         self.progress_interval = progress_interval
         self.alive_interval = alive_interval
+        self.publish_timeout = publish_timeout  # how long publish waits for replication
         self.now = now
 
     # --- clients -------------------------------------------------------------------------------
@@ -664,7 +666,7 @@ class AzureTarget:
             state = _text(existing.provisioning_state)
             if same and state.lower() in _IN_PROGRESS - {"deleting"}:
                 log(f"publish: {where} from this run is {state}: waiting for it")
-                existing = self._wait_version(record.version, log)
+                existing = self._wait_version(record.version, log, self.publish_timeout)
                 state = _text(existing.provisioning_state)
             if same and state.lower() == "succeeded":
                 log(f"publish: {where} is already published by this run: nothing to do")
@@ -689,16 +691,24 @@ class AzureTarget:
         started = time.monotonic()
         poller = self.az.compute.gallery_image_versions.begin_create_or_update(g_rg, g_name, g_def,
                                                                                record.version, body)
-        self._follow_replication(record.version, poller, log)
+        if not self._follow_replication(record.version, poller, log, started + self.publish_timeout):
+            raise AzureTargetError(
+                f"publish: {where} is still replicating after {self.publish_timeout:.0f}s (the publish deadline). "
+                "Azure goes on replicating it: a retry of this task adopts the version once it is done and "
+                "creates no second one"
+            )
         result = poller.result()
         if _text(result.provisioning_state).lower() != "succeeded":
             raise AzureTargetError(f"publish: {where} ended {_text(result.provisioning_state)}")
         log(f"publish: {where} published in {time.monotonic() - started:.1f}s: {result.id}")
         return result.id
 
-    def _follow_replication(self, version: str, poller: Any, log: Log) -> None:
+    def _follow_replication(self, version: str, poller: Any, log: Log, deadline: float) -> bool:
+        """Log replication progress until the LRO is done (True) or the deadline passes (False)."""
         seen: dict[str, tuple[str, int]] = {}
         while not poller.done():
+            if time.monotonic() > deadline:
+                return False
             try:
                 self._log_replication(version, seen, log)
             except AzureError as exc:  # progress is informative only
@@ -708,6 +718,7 @@ class AzureTarget:
             self._log_replication(version, seen, log)
         except Exception:  # noqa: BLE001,S110 - the poller's result decides
             pass
+        return True
 
     def _log_replication(self, version: str, seen: dict[str, tuple[str, int]], log: Log) -> Any:
         v = self._get_version(version, expand="ReplicationStatus")
