@@ -105,10 +105,10 @@ class SmokeTestOperator(BaseOperator):
         prepared = ti.xcom_pull(task_ids=self.prepare_task_id)
         built = ti.xcom_pull(task_ids=self.build_task_id)
         spec = _spec(self.image)
-        rec = bake.record_with_build(prepared["record"], built, bake.get_target(spec.target, spec))
         check = smoke_check_of(spec, context["params"])
         target = make_target(spec)
         try:
+            rec = bake.record_with_build(prepared["record"], built, target)
             rec = bake.smoke_test(rec, check, self.log.info, target)
         finally:
             close_target(target)
