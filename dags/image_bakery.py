@@ -1,8 +1,12 @@
 """DAG factory: one DAG per image in the catalogue (include/catalogue.yaml).
 
-    local:  prepare -> validate -> build -> smoke_test -> publish -> prune
-    azure:  prepare -> validate -> build -> smoke_setup -> smoke_test -> publish -> prune
-                                            smoke_setup ... smoke_teardown (Airflow teardown: always runs)
+    local:  wait_turn -> prepare -> check_changes -> validate -> build -> smoke_test -> publish -> prune -> give_back_turn
+    azure:  wait_turn -> prepare -> check_changes -> validate -> build -> smoke_setup -> smoke_test -> publish
+                -> prune -> give_back_turn
+            smoke_setup ... smoke_teardown, wait_turn ... give_back_turn (Airflow teardowns: always run)
+
+check_changes skips validate .. publish when nothing changed since the latest version (prune still
+runs); wait_turn makes every bake of one image wait for the one in flight, backfills included.
 
 Kept small and fast to parse: it reads the catalogue and wires operators; all work happens in
 the `bakery` package under plugins/.
@@ -21,12 +25,14 @@ from bakery.operators.azure import (
     AzureSmokeTeardownOperator,
 )
 from bakery.operators.bake import (
+    CheckChangesOperator,
     PrepareBakeOperator,
     PruneOperator,
     PublishOperator,
     QemuPackerOperator,
     SmokeTestOperator,
 )
+from bakery.operators.turn import GiveBackTurnOperator, WaitForTurnSensor
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PACKER_VARIABLES = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables'] }}"
@@ -56,15 +62,26 @@ def build_dag(spec: ImageSpec) -> DAG:
             type="boolean",
             description="Only report what prune would delete.",
         ),
-    }
-    if azure:
-        params["replace_existing"] = Param(
+        "force_rebuild": Param(
             False,
             type="boolean",
-            description="Replace a gallery image version of the same number published by another run "
-            "(published versions are immutable otherwise).",
-        )
-    else:
+            description="Bake even when nothing changed since the latest version (template, base image, "
+            "catalogue variables and packages all the same).",
+        ),
+        "allow_current_inputs": Param(
+            False,
+            type="boolean",
+            description="Backfill of a date the bakery cannot rebuild exactly (no pool index, no snapshot "
+            "archive): bake today's packages under that date's version; its metadata says so.",
+        ),
+        "replace_existing": Param(
+            False,
+            type="boolean",
+            description="Rebuild and replace a version of the same number that is already in the gallery "
+            "(published versions are kept as they are otherwise).",
+        ),
+    }
+    if not azure:
         params["accelerator"] = Param(
             "auto",
             enum=["auto", "kvm", "tcg"],
@@ -85,6 +102,9 @@ def build_dag(spec: ImageSpec) -> DAG:
         doc_md=__doc__,
     ) as dag:
         packer = {"template_dir": str(spec.template_dir), "variables": PACKER_VARIABLES}
+        turn = WaitForTurnSensor(task_id="wait_turn", image=spec.name)
+        give_back = GiveBackTurnOperator(task_id="give_back_turn", image=spec.name, retries=2)
+        check = CheckChangesOperator(task_id="check_changes", image=spec.name, retries=1)
         if azure:
             prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, accelerator="auto", retries=1)
             auth = {"conn_id": spec.azure.conn_id, "subscription_id": spec.azure.subscription_id}
@@ -97,7 +117,7 @@ def build_dag(spec: ImageSpec) -> DAG:
             # a failed check is a verdict on the image, not a transient error: no retry
             smoke = AzureSmokeCheckOperator(task_id="smoke_test", image=spec.name, retries=0)
             teardown = AzureSmokeTeardownOperator(task_id="smoke_teardown", image=spec.name, retries=2)
-            prepare >> validate >> build >> setup >> smoke >> teardown.as_teardown(setups=setup, on_failure_fail_dagrun=True)
+            check >> validate >> build >> setup >> smoke >> teardown.as_teardown(setups=setup, on_failure_fail_dagrun=True)
         else:
             prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, retries=1)
             validate = QemuPackerOperator(task_id="validate", command="validate", **packer, retries=1)
@@ -106,12 +126,13 @@ def build_dag(spec: ImageSpec) -> DAG:
                 retries=spec.retries, execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
             )
             smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, retries=1)
-            prepare >> validate >> build >> smoke
-        publish = PublishOperator(
-            task_id="publish", retries=3, replace_existing="{{ params.replace_existing }}" if azure else False
-        )
-        prune = PruneOperator(task_id="prune", retries=2)
+            check >> validate >> build >> smoke
+        publish = PublishOperator(task_id="publish", retries=3, replace_existing="{{ params.replace_existing }}")
+        prune = PruneOperator(task_id="prune", image=spec.name, retries=2)
+        turn >> prepare >> check
         smoke >> publish >> prune
+        check >> prune  # prune also runs when check_changes skipped the bake
+        prune >> give_back.as_teardown(setups=turn)
     return dag
 
 

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 from croniter import croniter
 
+from bakery.packages.inputs import Mirror
 from bakery.targets.base import SmokeCheck
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +134,39 @@ _PRUNE = {
         "dry_run": {"type": "boolean", "description": "true or false"},
     },
 }
+_MIRROR = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url", "suites"],
+    "properties": {
+        "url": {"type": "string", "pattern": r"^https?://[^\s]+$", "description": "an http(s) URL of a Debian-style archive"},
+        "suites": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": r"^[A-Za-z0-9._/-]+$"}},
+        "components": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": r"^[A-Za-z0-9._-]+$"}},
+        "snapshot": {"type": "string", "pattern": r"^https?://[^\s]*\{timestamp\}[^\s]*$",
+                     "description": "a URL template of a date-addressed archive with {timestamp} "
+                                    "(YYYYmmddTHHMMSSZ), e.g. http://snapshot.debian.org/archive/debian/{timestamp}"},
+        "trusted": {"type": "boolean", "description": "true or false (true only for unsigned test archives)"},
+    },
+}
+_PACKAGES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "family": {"enum": ["deb", "rpm"]},
+        "arch": {"type": "string", "pattern": r"^[a-z0-9_]+$"},
+        "mirrors": {"type": "array", "items": _MIRROR},
+        "retention_days": {"type": "number", "minimum": 0, "maximum": 3650,
+                           "description": "days a pruned version's pool index and packages are kept: 0 to 3650"},
+    },
+}
+_BACKFILL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "protect_days": {"type": "number", "minimum": 0, "maximum": 3650,
+                         "description": "days prune keeps a version made by a backfill: 0 to 3650"},
+    },
+}
 _IMAGE = {
     "type": "object",
     "additionalProperties": False,
@@ -152,6 +186,8 @@ _IMAGE = {
         "build_timeout_minutes": {"type": "integer", "minimum": 5, "maximum": 1440},
         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
         "azure": _AZURE,
+        "packages": _PACKAGES,
+        "backfill": _BACKFILL,
     },
 }
 SCHEMA = {
@@ -186,6 +222,16 @@ class CatalogueError(ValueError):
 class PrunePolicy:
     keep: int = 3
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PackagesSpec:
+    """Where an image's packages come from (for the inputs of a bake and the pending-update check)."""
+
+    family: str = "deb"
+    arch: str = "amd64"
+    mirrors: tuple[Mirror, ...] = ()
+    retention_days: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -306,6 +352,16 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
     )
 
 
+def _packages_spec(raw: dict[str, Any]) -> PackagesSpec:
+    mirrors = tuple(
+        Mirror(url=m["url"].rstrip("/"), suites=tuple(m["suites"]), components=tuple(m.get("components", ["main"])),
+               snapshot=m.get("snapshot"), trusted=bool(m.get("trusted", False)))
+        for m in raw.get("mirrors", ())
+    )
+    return PackagesSpec(family=raw.get("family", "deb"), arch=raw.get("arch", "amd64"), mirrors=mirrors,
+                        retention_days=float(raw.get("retention_days", 90)))
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     name: str
@@ -321,6 +377,8 @@ class ImageSpec:
     build_timeout_minutes: int = 90
     retries: int = 1
     azure: AzureSpec | None = None
+    packages: PackagesSpec = PackagesSpec()
+    backfill_protect_days: float = 7.0
     catalogue_path: Path | None = None  # the file it was read from (error messages name it)
 
 
@@ -398,6 +456,8 @@ def parse_catalogue(
             build_timeout_minutes=entry.get("build_timeout_minutes", 90),
             retries=entry.get("retries", 1),
             azure=azure,
+            packages=_packages_spec(entry.get("packages") or {}),
+            backfill_protect_days=float((entry.get("backfill") or {}).get("protect_days", 7.0)),
             catalogue_path=path,
         )
     if problems:

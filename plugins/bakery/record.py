@@ -32,6 +32,12 @@ class BakeRecord:
     artifact_files: list[str] = field(default_factory=list)
     smoke: dict[str, Any] | None = None  # SmokeResult.to_dict()
     published_id: str | None = None
+    # where the packages came from (bakery.packages.inputs.Inputs.to_dict(): kind, ref, label, ...)
+    inputs: dict[str, Any] | None = None
+    # the version's package manifest: {"manifest": path of packages.json, "digest", "count", "family",
+    # "pool_index": path of the pending pool index (local builds)}
+    packages: dict[str, Any] | None = None
+    variables_digest: str | None = None  # the catalogue variables of the bake (check_changes compares it)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,8 +21,8 @@ def test_no_import_errors(dagbag):
 
 
 CHAINS = {
-    "local": ["prepare", "validate", "build", "smoke_test", "publish", "prune"],
-    "azure": ["prepare", "validate", "build", "smoke_setup", "smoke_test", "publish", "prune"],
+    "local": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_test", "publish"],
+    "azure": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_setup", "smoke_test", "publish"],
 }
 
 
@@ -35,19 +35,27 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
         assert dag.max_active_runs == 1
         assert dag.catchup is False
         chain = CHAINS[spec.target]
-        extra = {"smoke_teardown"} if spec.target == "azure" else set()
+        extra = {"prune", "give_back_turn"} | ({"smoke_teardown"} if spec.target == "azure" else set())
         assert sorted(dag.task_ids) == sorted([*chain, *extra])
         for up, down in itertools.pairwise(chain):
             assert dag.get_task(down).upstream_task_ids == {up}
+        # prune runs after publish, and also when check_changes skipped the bake
+        assert dag.get_task("prune").upstream_task_ids == {"publish", "check_changes"}
+        assert dag.get_task("prune").trigger_rule == "none_failed_min_one_success"
+        # the image's turn: taken first, given back by a teardown whatever happened
+        turn, give_back = dag.get_task("wait_turn"), dag.get_task("give_back_turn")
+        assert turn.is_setup and turn.mode == "reschedule" and give_back.is_teardown
+        assert give_back.upstream_task_ids == {"wait_turn", "prune"}
         assert dag.get_task("build").execution_timeout.total_seconds() == spec.build_timeout_minutes * 60
         assert dag.get_task("publish").retries >= 1  # publish is idempotent, so retrying is safe
         params = dag.params
         assert params["prune_keep"] == spec.prune.keep
         assert params.get_param("prune_keep").schema["minimum"] == 1
+        assert params["replace_existing"] is False and params["prune_dry_run"] is spec.prune.dry_run
+        assert params["force_rebuild"] is False and params["allow_current_inputs"] is False
         if spec.target == "local":
             assert params.get_param("accelerator").schema["enum"] == ["auto", "kvm", "tcg"]
         else:
-            assert params["replace_existing"] is False and params["prune_dry_run"] is spec.prune.dry_run
             assert "accelerator" not in params
 
 

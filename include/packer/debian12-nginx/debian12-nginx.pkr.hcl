@@ -54,8 +54,26 @@ build {
     script = "${path.root}/scripts/provision.sh"
     environment_vars = [
       "BAKERY_IMAGE_VERSION=${var.image_version}",
+      "BAKERY_PACKAGES=${var.packages}",
+      "BAKERY_APT_SOURCES_B64=${var.apt_sources_b64}",
+      "BAKERY_APT_CONF_B64=${var.apt_conf_b64}",
       "DEBIAN_FRONTEND=noninteractive",
     ]
+  }
+
+  // The installed package set, for the version's manifest, SBOM and the pool index.
+  provisioner "shell" {
+    script = "${path.root}/../shared/capture-packages.sh"
+  }
+
+  provisioner "file" {
+    direction   = "download"
+    source      = "/tmp/bakery-packages.tsv"
+    destination = var.package_list_path
+  }
+
+  provisioner "shell" {
+    script = "${path.root}/scripts/generalize.sh"
   }
 
   post-processor "manifest" {

@@ -1,6 +1,6 @@
 // Inputs of the debian12-nginx image family (local target: Packer qemu builder).
 // Required: base_image_path, base_image_checksum, output_directory, ssh_private_key_file,
-// ssh_public_key_file, manifest_path, image_version. Pass them as PKR_VAR_<name> environment
+// ssh_public_key_file, manifest_path, package_list_path, image_version. Pass them as PKR_VAR_<name> environment
 // variables (or -var); nothing here is a secret, the SSH key pair is ephemeral (one per build).
 
 variable "base_image_path" {
@@ -107,4 +107,27 @@ variable "serial_log_path" {
   type        = string
   default     = ""
   description = "If set, the build VM's serial console is written to this file (kernel and systemd messages: useful when SSH never comes up). Keep it outside output_directory."
+}
+
+variable "package_list_path" {
+  type        = string
+  description = "Where Packer downloads the guest's installed package list (../shared/capture-packages.sh) at the end of provisioning."
+}
+
+variable "packages" {
+  type        = string
+  default     = "nginx"
+  description = "Packages to install on top of the base image, space separated (the catalogue's variables.packages)."
+}
+
+variable "apt_sources_b64" {
+  type        = string
+  default     = ""
+  description = "base64 of the sources.list the build installs from (the bakery's package server for this run); empty: the image's own sources."
+}
+
+variable "apt_conf_b64" {
+  type        = string
+  default     = ""
+  description = "base64 of apt options for the build only (e.g. Acquire::Check-Valid-Until false for a dated snapshot)."
 }

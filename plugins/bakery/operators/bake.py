@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import BaseOperator
 
 from bakery import bake
@@ -36,14 +37,17 @@ def close_target(target) -> None:
 
 
 class PrepareBakeOperator(BaseOperator):
-    """Names the version from the run, digests the template, readies the base image."""
+    """Names the version from the run, decides where its packages come from, digests the
+    template, readies the base image."""
 
-    template_fields = ("accelerator",)
+    template_fields = ("accelerator", "allow_current_inputs")
 
-    def __init__(self, *, image: str, accelerator: str = "{{ params.accelerator }}", **kwargs):
+    def __init__(self, *, image: str, accelerator: str = "{{ params.accelerator }}",
+                 allow_current_inputs: Any = "{{ params.allow_current_inputs }}", **kwargs):
         super().__init__(**kwargs)
         self.image = image
         self.accelerator = accelerator
+        self.allow_current_inputs = allow_current_inputs
 
     def execute(self, context) -> dict[str, Any]:
         dag_run = context["dag_run"]
@@ -57,6 +61,7 @@ class PrepareBakeOperator(BaseOperator):
                 run_after=dag_run.run_after,
                 dag_run_id=dag_run.run_id,
                 accelerator=self.accelerator,
+                allow_current_inputs=_flag(self.allow_current_inputs),
                 log=self.log.info,
                 target=target,
             )
@@ -64,12 +69,53 @@ class PrepareBakeOperator(BaseOperator):
             close_target(target)
 
 
+class CheckChangesOperator(BaseOperator, BranchMixIn):
+    """Skips build, smoke test and publish when nothing changed since the latest version
+    (``bakery.bake.check_changes``); prune and the rest of the run go on. XCom: the decision."""
+
+    inherits_from_skipmixin = True
+    template_fields = ("force_rebuild", "replace_existing")
+
+    def __init__(self, *, image: str, build_branch: str = "validate", always: tuple[str, ...] = ("prune",),
+                 force_rebuild: Any = "{{ params.force_rebuild }}",
+                 replace_existing: Any = "{{ params.replace_existing }}", prepare_task_id: str = "prepare", **kwargs):
+        super().__init__(**kwargs)
+        self.image = image
+        self.build_branch = build_branch
+        self.always = always
+        self.force_rebuild = force_rebuild
+        self.replace_existing = replace_existing
+        self.prepare_task_id = prepare_task_id
+
+    def execute(self, context) -> dict[str, Any]:
+        prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+        spec = _spec(self.image)
+        target = make_target(spec)
+        try:
+            decision = bake.check_changes(spec, prepared, force_rebuild=_flag(self.force_rebuild),
+                                          replace_existing=_flag(self.replace_existing), log=self.log.info,
+                                          target=target)
+        finally:
+            close_target(target)
+        self.do_branch(context, [self.build_branch, *self.always] if decision["build"] else list(self.always))
+        return decision
+
+
 class QemuPackerOperator(PackerOperator):
-    """PackerOperator for the local qemu templates: adds an ephemeral SSH key pair for this run.
+    """PackerOperator for the local qemu templates: adds an ephemeral SSH key pair for this run,
+    and for ``build`` the bakery's package server the guest installs from.
 
     The key pair lives in a private temporary folder for the duration of the Packer command
     only; the guest gets the public key through QEMU fw_cfg (see include/packer/debian12-nginx).
+    The package server (``bakery.packages.server``) runs on loopback for the length of the build:
+    it proxies the image's mirrors (keeping every package in the pool) or, to rebuild a version,
+    serves exactly that version's packages from the pool. After the build the guest's package
+    list becomes the version's manifest and its pending pool index.
     """
+
+    def __init__(self, *, prepare_task_id: str = "prepare", **kwargs):
+        super().__init__(**kwargs)
+        self.prepare_task_id = prepare_task_id
 
     def execute(self, context) -> dict[str, Any]:
         from bakery.preflight import check_base_image
@@ -81,7 +127,32 @@ class QemuPackerOperator(PackerOperator):
                 "ssh_private_key_file": str(private_key),
                 "ssh_public_key_file": str(public_key),
             }
-            return super().execute(context)
+            if self.command != "build":
+                return super().execute(context)
+            prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+            return self._build(context, BakeRecord.from_dict(prepared["record"]))
+
+    def _build(self, context, rec: BakeRecord) -> dict[str, Any]:
+        from bakery.packages.inputs import Inputs, b64, guest_apt_config
+
+        spec = _spec(rec.image)
+        inputs = Inputs.from_dict(rec.inputs or {"kind": "current", "ref": "?"})
+        with bake.package_server(spec, inputs, log=self.log.info) as server:
+            if server is not None:
+                sources, conf = guest_apt_config(inputs, spec.packages.mirrors, server.guest_url())
+                self.variables = {**self.variables, "apt_sources_b64": b64(sources), "apt_conf_b64": b64(conf)}
+                self.log.info("the build installs packages from %s through the bakery's package server on %s",
+                              inputs.label, server.url())
+            result = super().execute(context)
+        if server is not None:
+            self.log.info(server.summary())
+        manifest, packages = bake.capture_manifest(rec, self.log.info)
+        if server is not None:
+            packages["pool_index"] = str(bake.write_pending_index(
+                rec, manifest, server.fetched.values(), install=str(spec.variables.get("packages", "")),
+                base_image=self.variables.get("base_image_path"), log=self.log.info))
+            bake.check_exact_rebuild(rec, manifest, log=self.log.info)
+        return {**result, "packages": packages}
 
 
 def smoke_check_of(spec, params) -> SmokeCheck:
@@ -147,21 +218,27 @@ class PublishOperator(BaseOperator):
 
 
 class PruneOperator(BaseOperator):
-    """Keeps the N newest versions (N from the catalogue or the run's Params)."""
+    """Keeps the N newest versions (N from the catalogue or the run's Params). Runs also when
+    check_changes skipped the bake (retention goes on); the version this run published, if any,
+    is never deleted."""
 
     template_fields = ("keep", "dry_run")
 
-    def __init__(self, *, publish_task_id: str = "publish", keep: Any = "{{ params.prune_keep }}",
+    def __init__(self, *, image: str, publish_task_id: str = "publish", keep: Any = "{{ params.prune_keep }}",
                  dry_run: Any = "{{ params.prune_dry_run }}", **kwargs):
+        kwargs.setdefault("trigger_rule", "none_failed_min_one_success")
         super().__init__(**kwargs)
+        self.image = image
         self.publish_task_id = publish_task_id
         self.keep = keep
         self.dry_run = dry_run
 
     def execute(self, context) -> list[str]:
-        rec = BakeRecord.from_dict(context["ti"].xcom_pull(task_ids=self.publish_task_id))
-        target = make_target(_spec(rec.image))
+        published = context["ti"].xcom_pull(task_ids=self.publish_task_id)
+        protect = {published["version"]} if published else set()
+        spec = _spec(self.image)
+        target = make_target(spec)
         try:
-            return bake.prune(rec, int(self.keep), _flag(self.dry_run), self.log.info, target)
+            return bake.prune(spec, int(self.keep), _flag(self.dry_run), self.log.info, target, protect=protect)
         finally:
             close_target(target)

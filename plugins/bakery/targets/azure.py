@@ -277,7 +277,8 @@ class AzureTarget:
                 f"/providers/Microsoft.Compute/images/{managed_image_name(image, version)}")
 
     # --- build inputs --------------------------------------------------------------------------
-    def prepare(self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str = "auto", log: Log):
+    def prepare(self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str = "auto", log: Log,
+                inputs: Any = None, pool: Any = None):
         """Check the Azure side the bake relies on; return Packer's variables (no credentials: the
         Azure Packer operator adds those from the connection) and no base digest."""
         parse_version(record.version)
@@ -779,6 +780,14 @@ class AzureTarget:
             ))
         return sorted(out, key=lambda f: version_key(f.name))
 
+    def published(self, image: str, version: str) -> dict[str, Any] | None:
+        """The gallery image version's bakery tags as metadata (None: no such version)."""
+        v = self._get_version(version)
+        return None if v is None else dict(getattr(v, "tags", None) or {})
+
+    def manifest(self, image: str, version: str) -> Any:
+        return None  # the manifest of an Azure version lives in Blob Storage (not read back yet)
+
     def list_versions(self, image: str) -> list[PublishedVersion]:
         return [PublishedVersion(image=image, version=f.name,
                                  created=f.published.isoformat(timespec="seconds") if f.published else "",
@@ -793,7 +802,8 @@ class AzureTarget:
             return None
         return m["rg"], m["name"]
 
-    def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log) -> list[str]:
+    def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
+              backfill_protect_days: float = 7.0) -> list[str]:
         facts = self._facts()
         if not facts:
             log(f"prune {image}: no gallery image versions")

@@ -33,27 +33,42 @@ class Target(Protocol):
     name: str
 
     def prepare(
-        self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log
+        self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log,
+        inputs: Any = None, pool: Any = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """Return (Packer variables for this bake, digest of the base image or None)."""
+        """Return (Packer variables for this bake, digest of the base image or None).
+
+        ``inputs`` (``bakery.packages.inputs.Inputs``) says where the packages come from; a
+        rebuild from the pool starts from the base image the pool keeps for that version."""
 
     def artifact_id(self, artifact: dict[str, Any]) -> str:
         """The id of the built image from a Packer artifact (local: disk path; azure: image id)."""
 
     def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult: ...
 
-    def publish(self, record: BakeRecord, log: Log) -> str:
+    def publish(self, record: BakeRecord, log: Log, *, replace_existing: bool = False) -> str:
         """Publish the record's artifact as version ``record.version``; return its published id.
 
-        Atomic and idempotent: re-publishing the same run's version is a no-op.
+        Atomic and idempotent: re-publishing the same run's version is a no-op. A version of the
+        same number published by another run is refused unless ``replace_existing``.
         """
+
+    def published(self, image: str, version: str) -> dict[str, Any] | None:
+        """What the target recorded of a published version (local: metadata.json; Azure: the
+        version's tags), or None if there is no such version."""
+
+    def manifest(self, image: str, version: str) -> Any:
+        """The package manifest (``bakery.packages.manifest.Manifest``) of a published version,
+        or None where the target has none for it."""
 
     def list_versions(self, image: str) -> list[PublishedVersion]: ...
 
     def prune(
-        self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log
+        self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
+        backfill_protect_days: float = 7.0,
     ) -> list[str]:
-        """Delete all but the ``keep`` newest versions (never one in ``protect``, never the highest).
+        """Delete all but the ``keep`` newest versions (never one in ``protect``, never the highest,
+        never a backfill's rebuild younger than ``backfill_protect_days``).
 
         Returns the versions deleted (or that would be, with ``dry_run``).
         """

@@ -33,12 +33,15 @@ import signal
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
 from bakery.digest import sha256_file
 from bakery.http_check import poll_http
+from bakery.packages.inputs import Inputs, InputsError
+from bakery.packages.manifest import MANIFEST_NAME, SBOM_NAME, Manifest, ManifestError, diff, format_diff
+from bakery.packages.pool import PackagePool, default_pool
 from bakery.paths import REPO_ROOT, bakery_home, gallery_root, work_root
 from bakery.record import BakeRecord, SmokeResult
 from bakery.targets.base import Log, PublishedVersion, SmokeCheck
@@ -114,12 +117,27 @@ class LocalTarget:
         self.vm_cpus = vm_cpus
 
     # ---- build inputs -----------------------------------------------------------------------
-    def prepare(self, spec, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log):
-        """Make sure the base image exists (cached build), return Packer variables + base digest."""
+    def prepare(self, spec, record: BakeRecord, work_dir: Path, *, accelerator: str, log: Log,
+                inputs: Inputs | None = None, pool: PackagePool | None = None):
+        """Make sure the base image exists (cached build), return Packer variables + base digest.
+
+        Rebuilding a version from the pool (``inputs`` pool@<version>) starts from the very base
+        image that version was built on, which the pool keeps by digest."""
         from bakery.accel import detect_accelerator
 
-        base = ensure_base_image(log)
-        checksum = Path(str(base) + ".sha256").read_text().split()[0]
+        if inputs is not None and inputs.kind == "pool":
+            digest = inputs.base_digest or ""
+            base = (pool or default_pool()).base_path(digest)
+            if not base.is_file():
+                raise InputsError(
+                    f"cannot rebuild {spec.name} {record.version} from the pool: the base image it was built on "
+                    f"({digest}) is no longer kept at {base}. Trigger the run with allow_current_inputs=true to "
+                    "rebuild it from today's base image and packages.")
+            checksum = digest.removeprefix("sha256:")
+            log(f"base image {base}: the one {record.version} was built on")
+        else:
+            base = ensure_base_image(log)
+            checksum = Path(str(base) + ".sha256").read_text().split()[0]
         accel = detect_accelerator() if accelerator == "auto" else accelerator
         if accel not in ("kvm", "tcg"):
             raise ValueError(f"accelerator must be auto, kvm or tcg, not {accelerator!r}")
@@ -270,16 +288,31 @@ class LocalTarget:
     def metadata(self, image: str, version: str) -> dict:
         return json.loads((self._image_dir(image) / version / META_NAME).read_text())
 
-    def publish(self, record: BakeRecord, log: Log) -> str:
+    def published(self, image: str, version: str) -> dict | None:
+        """The metadata of a published version, or None."""
+        path = self._image_dir(image) / version / META_NAME
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def manifest(self, image: str, version: str) -> Manifest | None:
+        """The package manifest of a published version (None: not published, or made before the
+        bakery captured manifests)."""
+        path = self._image_dir(image) / version / MANIFEST_NAME
+        return Manifest.load(path) if path.is_file() else None
+
+    def publish(self, record: BakeRecord, log: Log, *, replace_existing: bool = False) -> str:
         parse_version(record.version)
         src = Path(record.artifact_id or "")
         if not record.smoke or not record.smoke.get("passed"):
             raise GalleryError(f"refusing to publish {record.image} {record.version}: the smoke test did not pass")
+        manifest = self._record_manifest(record)
         with _artifact_lock(record, "publish"), self._locked(record.image) as image_dir:
             self._remove_stale(image_dir, log)
             final = image_dir / record.version
+            old = None
             if final.exists():
-                return self._adopt_existing(record, final, log)
+                if not replace_existing or self._same_run(record, final):
+                    return self._adopt_existing(record, final, log)
+                old = final
             if not src.is_file():
                 raise GalleryError(f"publish: the built disk {src} does not exist")
             staging = image_dir / f".staging-{record.version}-{uuid.uuid4().hex[:8]}"
@@ -291,34 +324,118 @@ class LocalTarget:
                 shutil.copyfile(src, disk)
                 with open(disk, "rb") as fh:
                     os.fsync(fh.fileno())
-                meta = {
-                    "image": record.image,
-                    "version": record.version,
-                    "template_digest": record.template_digest,
-                    "base_digest": record.base_digest,
-                    "packer_run_uuid": record.packer_run_uuid,
-                    "dag_run_id": record.dag_run_id,
-                    "run_type": record.run_type,
-                    "smoke_test": record.smoke,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "size_bytes": disk.stat().st_size,
-                    "disk": DISK_NAME,
-                    "pinned": False,
-                }
-                tmp_meta = staging / (META_NAME + ".tmp")
-                tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-                with open(tmp_meta, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp_meta, staging / META_NAME)
+                meta = self._metadata(record, disk, manifest)
+                if manifest is not None:
+                    self._write(staging / MANIFEST_NAME, manifest.to_json())
+                    self._write(staging / SBOM_NAME, self._sbom(record, manifest, meta))
+                self._write(staging / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
                 _fsync_dir(staging)
-                os.rename(staging, final)  # the atomic step: the version becomes visible whole
-                _fsync_dir(image_dir)
+                self._commit_pool_index(record, log)
+                if old is not None:  # replace_existing: the old version goes only once the new one is whole
+                    trash = image_dir / f".trash-{record.version}-{uuid.uuid4().hex[:8]}"
+                    os.rename(old, trash)
+                    os.rename(staging, final)
+                    _fsync_dir(image_dir)
+                    shutil.rmtree(trash)
+                    log(f"replaced {record.image} {record.version} (replace_existing)")
+                else:
+                    os.rename(staging, final)  # the atomic step: the version becomes visible whole
+                    _fsync_dir(image_dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             latest = self._update_latest(image_dir)
-            log(f"published {record.image} {record.version} at {final} (latest -> {latest})")
+            log(f"published {record.image} {record.version} at {final} (latest -> {latest}, "
+                f"packages from {(record.inputs or {}).get('label', 'unrecorded inputs')})")
+            if manifest is not None:
+                self._log_diff(record.image, record.version, manifest, log)
             return str(final)
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _record_manifest(record: BakeRecord) -> Manifest | None:
+        path = (record.packages or {}).get("manifest")
+        if not path:
+            return None
+        try:
+            manifest = Manifest.load(path)
+        except (OSError, ManifestError, ValueError) as exc:
+            raise GalleryError(f"publish: cannot read the package manifest {path} of {record.image} "
+                               f"{record.version}: {exc}") from None
+        if manifest.digest != record.packages.get("digest"):
+            raise GalleryError(f"publish: the package manifest {path} changed since the build "
+                               f"({record.packages.get('digest')} -> {manifest.digest})")
+        return manifest
+
+    @staticmethod
+    def _metadata(record: BakeRecord, disk: Path, manifest: Manifest | None) -> dict:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return {
+            "image": record.image,
+            "version": record.version,
+            "template_digest": record.template_digest,
+            "base_digest": record.base_digest,
+            "variables_digest": record.variables_digest,
+            "packer_run_uuid": record.packer_run_uuid,
+            "dag_run_id": record.dag_run_id,
+            "run_type": record.run_type,
+            "inputs": record.inputs,
+            "manifest_digest": manifest.digest if manifest else None,
+            "package_count": len(manifest) if manifest else None,
+            "smoke_test": record.smoke,
+            "created": now,
+            # a past date's version rebuilt by a backfill: prune keeps it for the catalogue's protect_days
+            "rebuilt_at": now if record.run_type == "backfill" else None,
+            "size_bytes": disk.stat().st_size,
+            "disk": DISK_NAME,
+            "pinned": False,
+        }
+
+    @staticmethod
+    def _sbom(record: BakeRecord, manifest: Manifest, meta: dict) -> str:
+        from bakery.packages.sbom import build_sbom
+
+        props = {"bakery:inputs": (record.inputs or {}).get("label", ""), "bakery:manifest-digest": manifest.digest,
+                 "bakery:template-digest": record.template_digest, "bakery:base-digest": record.base_digest or "",
+                 "bakery:dag-run-id": record.dag_run_id or ""}
+        return build_sbom(manifest, image=record.image, version=record.version,
+                          created=datetime.fromisoformat(meta["created"]), properties=props)
+
+    @staticmethod
+    def _commit_pool_index(record: BakeRecord, log: Log) -> None:
+        """The version's pool index goes into the pool with it: from now on the version can be rebuilt
+        exactly, also after prune (for the catalogue's retention period)."""
+        path = (record.packages or {}).get("pool_index")
+        if not path or not Path(path).is_file():
+            return
+        from bakery.packages.pool import PoolIndex
+
+        index = PoolIndex.load(Path(path))
+        base = index.extra.get("base_image")
+        default_pool().commit_index(index, Path(base) if base else None)
+        log(f"pool: committed the index of {record.image} {record.version} ({len(index.packages)} packages)")
+
+    def _log_diff(self, image: str, version: str, manifest: Manifest, log: Log) -> None:
+        """The package diff to the previous version (the next lower one, for a backfill)."""
+        lower = [v for v in self._versions(self._image_dir(image)) if version_key(v) < version_key(version)]
+        for prev in reversed(lower):
+            old = self.manifest(image, prev)
+            if old is not None:
+                log(format_diff(diff(old, manifest), prev, version))
+                return
+        log(f"packages of {version}: {len(manifest)} (no earlier version with a manifest to compare with)")
+
+    @staticmethod
+    def _same_run(record: BakeRecord, final: Path) -> bool:
+        meta = json.loads((final / META_NAME).read_text())
+        return meta.get("packer_run_uuid") == record.packer_run_uuid and meta.get("dag_run_id") == record.dag_run_id
 
     def _adopt_existing(self, record: BakeRecord, final: Path, log: Log) -> str:
         meta = json.loads((final / META_NAME).read_text())
@@ -336,6 +453,21 @@ class LocalTarget:
         log(f"{record.image} {record.version} is already published by this run at {final}: nothing to do")
         return str(final)
 
+    def _rebuilt_protected(self, image: str, versions: list[PublishedVersion], days: float,
+                           now: datetime | None) -> dict[str, str]:
+        """Versions a backfill rebuilt less than ``days`` ago -> why prune keeps them."""
+        now = now or datetime.now(timezone.utc)
+        out = {}
+        for v in versions:
+            rebuilt_at = (self.published(image, v.version) or {}).get("rebuilt_at")
+            if not rebuilt_at:
+                continue
+            until = datetime.fromisoformat(rebuilt_at) + timedelta(days=days)
+            if now < until:
+                out[v.version] = (f"rebuilt by a backfill at {rebuilt_at}, protected until "
+                                  f"{until.isoformat(timespec='seconds')} (catalogue backfill.protect_days={days:g})")
+        return out
+
     def list_versions(self, image: str) -> list[PublishedVersion]:
         image_dir = self._image_dir(image)
         out = []
@@ -352,7 +484,8 @@ class LocalTarget:
             )
         return out
 
-    def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log) -> list[str]:
+    def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
+              backfill_protect_days: float = 7.0, now: datetime | None = None) -> list[str]:
         if keep < 1:
             raise ValueError(f"prune: keep must be at least 1, got {keep}")
         with self._locked(image) as image_dir:
@@ -368,10 +501,15 @@ class LocalTarget:
             # between its rename and its move of `latest`)
             current = self.latest(image)
             keep_set = {v.version for v in versions[-keep:]} | set(protect) | {highest} | ({current} if current else set())
-            doomed = [v for v in versions if v.version not in keep_set and not v.pinned]
+            rebuilt = self._rebuilt_protected(image, versions, backfill_protect_days, now)
+            doomed = [v for v in versions if v.version not in keep_set and not v.pinned and v.version not in rebuilt]
             for v in versions:
-                if v.pinned and v.version not in keep_set:
+                if v.version in keep_set:
+                    continue
+                if v.pinned:
                     log(f"prune {image}: keeping {v.version} (pinned)")
+                elif v.version in rebuilt:
+                    log(f"prune {image}: keeping {v.version} ({rebuilt[v.version]})")
             for v in doomed:
                 if dry_run:
                     log(f"prune {image}: would delete {v.version} (dry run)")

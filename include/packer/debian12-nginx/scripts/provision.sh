@@ -1,12 +1,21 @@
 #!/bin/sh
 # Provisioning of the debian12-nginx image (runs as root inside the build VM, via Packer's shell
-# provisioner). The nightly patch-rebake: bring every package up to date, install nginx, then
-# generalise the image (no machine identity, no SSH host keys, no apt lists, no build key).
+# provisioner). The nightly patch-rebake: bring every package up to date and install the image's
+# packages (nginx), from the package sources the bakery chose for this run; then the image's own
+# apt sources are put back. ../shared/capture-packages.sh lists the result and generalize.sh
+# removes the machine's identity and the build key.
 #
-# Inputs (environment): BAKERY_IMAGE_VERSION (required).
+# Inputs (environment):
+#   BAKERY_IMAGE_VERSION      required
+#   BAKERY_PACKAGES           packages to install (space separated; default nginx)
+#   BAKERY_APT_SOURCES_B64    base64 of the sources.list to build with (the bakery's package server:
+#                             the live mirrors through it, a dated snapshot, or a version's own pool);
+#                             empty: the image's own sources
+#   BAKERY_APT_CONF_B64       base64 of apt options for the build (e.g. no Valid-Until for snapshots)
 set -eu
 
 : "${BAKERY_IMAGE_VERSION:?BAKERY_IMAGE_VERSION must be set (the template passes var.image_version)}"
+BAKERY_PACKAGES="${BAKERY_PACKAGES:-nginx}"
 export DEBIAN_FRONTEND=noninteractive
 export APT_LISTCHANGES_FRONTEND=none
 
@@ -23,14 +32,27 @@ apt_get() {
 
 log "image version $BAKERY_IMAGE_VERSION; base $(tr '\n' ' ' </etc/bakery-base 2>/dev/null || true)"
 
+ORIG=/var/tmp/bakery-apt-orig
+if [ -n "${BAKERY_APT_SOURCES_B64:-}" ]; then
+  log "package sources of this build:"
+  rm -rf "$ORIG" && mkdir -p "$ORIG"
+  [ -f /etc/apt/sources.list ] && mv /etc/apt/sources.list "$ORIG/"
+  [ -d /etc/apt/sources.list.d ] && mv /etc/apt/sources.list.d "$ORIG/"
+  mkdir -p /etc/apt/sources.list.d
+  echo "$BAKERY_APT_SOURCES_B64" | base64 -d >/etc/apt/sources.list
+  echo "${BAKERY_APT_CONF_B64:-}" | base64 -d >/etc/apt/apt.conf.d/99bakery-build
+  sed 's/^/  /' /etc/apt/sources.list
+fi
+
 log "apt-get update"
 apt_get update
 
 log "apt-get full-upgrade"
 apt_get full-upgrade
 
-log "installing nginx"
-apt_get install --no-install-recommends nginx
+log "installing $BAKERY_PACKAGES"
+# shellcheck disable=SC2086 # a list of package names
+apt_get install --no-install-recommends $BAKERY_PACKAGES
 systemctl enable nginx.service
 systemctl restart nginx.service
 
@@ -56,42 +78,14 @@ chmod 0644 /etc/bakery-release
 
 log "cleaning packages"
 apt_get autoremove --purge
+if [ -d "$ORIG" ]; then
+  log "putting the image's own package sources back"
+  rm -rf /etc/apt/sources.list /etc/apt/sources.list.d /etc/apt/apt.conf.d/99bakery-build
+  [ -f "$ORIG/sources.list" ] && mv "$ORIG/sources.list" /etc/apt/
+  if [ -d "$ORIG/sources.list.d" ]; then mv "$ORIG/sources.list.d" /etc/apt/; else mkdir -p /etc/apt/sources.list.d; fi
+  rm -rf "$ORIG"
+fi
 apt-get clean
 rm -rf /var/lib/apt/lists/*
-
-log "SSH host keys: removing; they are regenerated before sshd on the next boot"
-# The bakery base image ships this unit (it generates the ed25519 and ecdsa keys sshd is set up
-# for). On another base, install a generic one so that the image never boots without host keys.
-if [ ! -f /etc/systemd/system/bakery-ssh-hostkeys.service ]; then
-  cat >/etc/systemd/system/bakery-ssh-hostkeys.service <<'EOF'
-[Unit]
-Description=Generate missing SSH host keys (image bakery)
-Before=ssh.service
-ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
-
-[Service]
-Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
-
-[Install]
-WantedBy=multi-user.target
-EOF
-fi
-systemctl enable bakery-ssh-hostkeys.service
-rm -f /etc/ssh/ssh_host_*
-
-log "machine identity: machine-id, random seed, logs"
-truncate -s 0 /etc/machine-id
-rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
-journalctl --rotate >/dev/null 2>&1 || true
-journalctl --vacuum-time=1s >/dev/null 2>&1 || true
-find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
-find /var/log -type f ! -path '/var/log/journal/*' -exec truncate -s 0 {} +
-rm -rf /var/tmp/*
-rm -f /root/.bash_history
-
-# Last: the build's ephemeral key. Packer's open SSH connection keeps working for the shutdown.
-log "removing /root/.ssh/authorized_keys"
-rm -f /root/.ssh/authorized_keys
-sync
 log "done"
+

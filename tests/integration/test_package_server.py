@@ -1,0 +1,166 @@
+"""The bakery's package server and pool with the host's REAL apt (no VM): what a build guest does,
+on a private apt tree, against the loopback "live mirror" of tests/pkgmirror.
+
+* record: apt updates and installs through the server; every .deb lands in the pool once, by
+  content, and the next install of the same packages is served from the pool (the mirror sees no
+  .deb request);
+* replay: a version's pool index served as a flat repository offers exactly that version's
+  packages, although the mirror has moved on;
+* the pending-update check reads the mirror's indices and finds the new canary, and nothing when
+  the mirror is unchanged;
+* gc drops expired indexes and unreferenced packages, and reports the bytes freed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from bakery.packages.inputs import Inputs, Mirror, guest_apt_config
+from bakery.packages.manifest import Manifest, Package
+from bakery.packages.pool import PackagePool, PooledPackage, PoolIndex
+from bakery.packages.server import PackageServer
+from bakery.packages.updates import pending_updates
+
+from tests.pkgmirror import ClosureError, LoopbackMirror, deb_cache_dir, debian_closure, make_deb
+from tests.pkgmirror.apt import PrivateApt
+
+DAY1 = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
+DAY2 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+WANT = ("nginx", "bakery-canary")
+
+
+@pytest.fixture(scope="module")
+def closure() -> list[Path]:
+    try:
+        return debian_closure(["nginx"], deb_cache_dir())
+    except ClosureError as exc:
+        pytest.fail(f"the nginx closure could not be fetched (network to deb.debian.org needed): {exc}")
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("canary")
+    return {v: make_deb("bakery-canary", v, out) for v in ("1.0", "2.0")}
+
+
+@pytest.fixture
+def mirror(tmp_path, closure, canary):
+    with LoopbackMirror(tmp_path / "mirror") as m:
+        m.publish([*closure, canary["1.0"]], when=DAY1)
+        yield m
+
+
+def via_server(tmp_path: Path, name: str, server: PackageServer, inputs: Inputs, mirrors: list[Mirror]) -> PrivateApt:
+    sources, _ = guest_apt_config(inputs, mirrors, server.url())
+    return PrivateApt(tmp_path / name, sources=sources)
+
+
+def test_record_pools_every_package_once_and_serves_the_next_install_from_the_pool(tmp_path, mirror):
+    pool = PackagePool(tmp_path / "pool")
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    inputs = Inputs("current", "x", mirror_urls=(mirror.url,))
+    with PackageServer(pool, mirrors=[mirror.url]) as srv:
+        apt = via_server(tmp_path, "apt1", srv, inputs, mirrors)
+        apt.ok("apt-get", "update")
+        apt.ok("apt-get", "install", "-y", "--download-only", *WANT)
+        first = dict(srv.fetched)
+    downloaded = apt.archives
+    assert len(first) == len(downloaded) >= 20
+    assert {s.name for s in first.values()} >= {"nginx", "nginx-common", "bakery-canary"}
+    assert [s.version for s in first.values() if s.name == "bakery-canary"] == ["1.0"]
+    for s in first.values():  # each one in the pool, by its content
+        assert pool.blob_path(s.sha256).stat().st_size == s.size
+    assert srv.counts["cache_hits"] == 0
+    debs_from_mirror = len(mirror.deb_requests())
+    assert debs_from_mirror == len(first)
+
+    mirror.reset_requests()
+    with PackageServer(pool, mirrors=[mirror.url]) as srv2:
+        apt2 = via_server(tmp_path, "apt2", srv2, inputs, mirrors)
+        apt2.ok("apt-get", "update")
+        apt2.ok("apt-get", "install", "-y", "--download-only", *WANT)
+    assert set(srv2.fetched) == set(first)
+    assert srv2.counts["cache_hits"] >= len(first)
+    assert mirror.deb_requests() == [], "the second install fetched packages from the mirror again"
+    assert pool.size() == sum(s.size for s in first.values())  # stored once
+
+
+def test_replay_offers_exactly_the_versions_packages_though_the_mirror_moved(tmp_path, mirror, closure, canary):
+    pool = PackagePool(tmp_path / "pool")
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    with PackageServer(pool, mirrors=[mirror.url]) as srv:
+        apt = via_server(tmp_path, "apt1", srv, Inputs("current", "x", mirror_urls=(mirror.url,)), mirrors)
+        apt.ok("apt-get", "update")
+        apt.ok("apt-get", "install", "-y", "--download-only", *WANT)
+        served = list(srv.fetched.values())
+    index = PoolIndex(image="img", version="2026.1101.200000", created="2026-11-01T02:00:00+00:00",
+                      base_digest="sha256:" + "0" * 64, inputs={}, install="nginx bakery-canary",
+                      packages=[PooledPackage(s.name, s.version, s.arch, s.sha256, s.size, s.filename) for s in served])
+    pool.commit_index(index)
+
+    mirror.publish([*closure, canary["2.0"]], when=DAY2)  # the live mirror now has only 2.0
+    mirror.reset_requests()
+    with PackageServer(pool, replay=pool.index("img", "2026.1101.200000")) as srv:
+        apt = via_server(tmp_path, "replay", srv, Inputs("pool", "2026.1101.200000"), mirrors)
+        apt.ok("apt-get", "update")
+        assert apt.policy("bakery-canary") == ("1.0", ["1.0"])
+        apt.ok("apt-get", "install", "-y", "--download-only", *WANT)
+        replayed = dict(srv.fetched)
+    assert set(replayed) == {s.sha256 for s in served}, "the replay installed other packages than the version's"
+    assert mirror.requests == [], "the replay asked the live mirror for something"
+    # a package the index does not hold is not offered
+    assert srv.respond("/r/pool/" + "f" * 64 + "/x.deb")[0] == 404
+
+
+def test_pending_updates_finds_the_new_canary_and_nothing_when_unchanged(tmp_path, mirror, closure, canary):
+    pool = PackagePool(tmp_path / "pool")
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    installed = Manifest("deb", (Package("bakery-canary", "all", "1.0"), Package("not-on-mirror", "amd64", "1")))
+    same = pending_updates(installed, mirrors, pool, log=lambda _: None)
+    assert same.pending == [] and same.not_found == ["not-on-mirror"]
+    mirror.publish([*closure, canary["2.0"]], when=DAY2)
+    moved = pending_updates(installed, mirrors, pool, log=lambda _: None)
+    assert [(c.name, c.old, c.new) for c in moved.pending] == [("bakery-canary", "1.0", "2.0")]
+    # the index was fetched by hash into the pool: an unchanged mirror is not downloaded twice
+    before = len([r for r in mirror.requests if "by-hash" in r[1]])
+    pending_updates(installed, mirrors, pool, log=lambda _: None)
+    assert len([r for r in mirror.requests if "by-hash" in r[1]]) == before
+
+
+def test_gc_drops_expired_indexes_and_unreferenced_packages(tmp_path):
+    pool = PackagePool(tmp_path / "pool")
+
+    def blob(content: bytes) -> tuple[str, int]:
+        tmp = pool.new_tmp()
+        tmp.write_bytes(content)
+        return pool.put_file(tmp)
+
+    shared, only_old, loose = blob(b"a" * 1000), blob(b"b" * 2000), blob(b"c" * 4000)
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+    def index(version: str, *blobs: tuple[str, int]) -> None:
+        pool.commit_index(PoolIndex("img", version, now.isoformat(), None, {}, "", [
+            PooledPackage(f"p{i}", "1", "all", d, n, f"p{i}.deb") for i, (d, n) in enumerate(blobs)]))
+
+    index("1.1.1", shared, only_old)
+    index("1.1.2", shared)
+    pool.mark_pruned("img", "1.1.1", now - timedelta(days=91))  # past a 90-day retention
+    import os
+    for d, _ in (shared, only_old, loose):  # all older than the grace period
+        old = (now - timedelta(days=2)).timestamp()
+        os.utime(pool.blob_path(d), (old, old))
+
+    dry = pool.gc(retention_days=90, now=now, dry_run=True)
+    assert dry.indexes_removed == ["img/1.1.1"] and dry.blobs_removed == 2
+    assert pool.index("img", "1.1.1") is not None and pool.has_blob(only_old[0])
+
+    report = pool.gc(retention_days=90, now=now)
+    assert report.indexes_removed == ["img/1.1.1"]
+    assert report.blobs_removed == 2 and report.bytes_freed >= 6000
+    assert pool.has_blob(shared[0]) and not pool.has_blob(only_old[0]) and not pool.has_blob(loose[0])
+    assert pool.index("img", "1.1.2") is not None
+    # a pruned index inside its retention stays usable
+    pool.mark_pruned("img", "1.1.2", now - timedelta(days=10))
+    assert pool.index("img", "1.1.2").usable(90, now) and not pool.index("img", "1.1.2").usable(5, now)
