@@ -1,7 +1,9 @@
 """bakery_janitor: every hour, remove what dead bakes left behind on this machine and in Azure.
 
 `sweep`: leftover Packer runs of killed build tasks, orphaned QEMU of killed smoke tests, stale
-work folders, interrupted gallery entries, private temporary folders. `sweep_azure_<connection>`
+work folders, interrupted gallery entries, private temporary folders. `pool_gc`: the package pool's
+indexes of versions pruned longer ago than their image's retention, and the packages nothing kept
+refers to any more (reports the bytes freed). `sweep_azure_<connection>`
 (one per connection of the catalogue's azure images): smoke-test VMs with their NIC, IP, NSG and
 disk, unpublished managed images, Packer's temporary resource groups, all carrying the bakery's
 tags. Anything older than the TTL and not in use (see plugins/bakery/janitor.py). Trigger it with
@@ -15,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
 from bakery.catalogue import CatalogueError, load_catalogue
-from bakery.operators.janitor import AZURE_SWEEPERS, LOCAL_SWEEPERS, JanitorOperator
+from bakery.operators.janitor import AZURE_SWEEPERS, LOCAL_SWEEPERS, JanitorOperator, PoolGcOperator
 
 
 def _azure_connections() -> list[tuple[str, str | None]]:
@@ -53,6 +55,7 @@ with DAG(
         sweepers=[LOCAL_SWEEPERS],
         execution_timeout=timedelta(minutes=30),
     )
+    PoolGcOperator(task_id="pool_gc", execution_timeout=timedelta(minutes=30))
     for conn_id, subscription_id in _azure_connections():
         suffix = re.sub(r"[^A-Za-z0-9_]", "_", conn_id) + (f"_{subscription_id[:8]}" if subscription_id else "")
         JanitorOperator(

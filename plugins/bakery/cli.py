@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("version", help="a published version, or 'latest'")
     p.add_argument("--validate", action="store_true", help="also check it against the CycloneDX 1.6 schema")
+    p = sub.add_parser("turn", help="which DAG run holds the image's turn (one bake at a time)")
+    p.add_argument("image")
+    p.add_argument("--release", metavar="RUN_ID",
+                   help="give the turn back for RUN_ID (a run that can no longer do it: killed outside Airflow)")
     return ap
 
 
@@ -139,12 +143,28 @@ def _cmd_sbom(target: LocalTarget, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_turn(target: LocalTarget, args: argparse.Namespace) -> int:
+    from bakery.turns import Holder, ImageTurn
+
+    turn = ImageTurn(args.image)
+    holder = turn.holder()
+    if args.release:
+        if holder is None or holder.run_id != args.release:
+            raise CliError(f"{args.image}: the turn is held by {holder.run_id if holder else 'no run'}, not {args.release}")
+        turn.give_back(Holder(holder.dag_id, args.release))
+        print(f"{args.image}: turn of {args.release} given back")
+        return 0
+    print(f"{args.image}: " + (f"held by run {holder.run_id} of {holder.dag_id} since {holder.since}" if holder else "free"))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[LocalTarget, argparse.Namespace], int]] = {
     "show": _cmd_show,
     "versions": _cmd_versions,
     "packages": _cmd_packages,
     "diff": _cmd_diff,
     "sbom": _cmd_sbom,
+    "turn": _cmd_turn,
 }
 
 

@@ -10,11 +10,12 @@ the real Packer with the same arguments, so what Packer does is what it would ha
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
-REAL_PACKER = shutil.which("packer", path="/usr/local/bin:/usr/bin:/bin") or "/usr/bin/packer"
+from tests.tools import find_tool
+
+REAL_PACKER = find_tool("packer") or "packer"  # on PATH, never the fake; before any shim is put first
 
 _SHIM = r'''#!{python}
 import json, os, stat, sys

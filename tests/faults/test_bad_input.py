@@ -39,7 +39,7 @@ REAL_PACKER = recording_packer.REAL_PACKER
 DATE = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 RUN_ID = "scheduled__2026-11-20T02:00:00+00:00"
 
-pytestmark = pytest.mark.skipif(not os.access(REAL_PACKER, os.X_OK), reason="needs the real packer")
+pytestmark = pytest.mark.needs_tools("packer")
 
 
 class ReachedTheBuild(AssertionError):
@@ -492,15 +492,8 @@ TABLE = [
 ]
 
 
-def _guarantee(bad: Bad):
-    return pytest.mark.guarantee(
-        f"bad input: {bad.scenario}",
-        expected="fails before any build with a message naming what, where and how to fix"
-        if bad.packer == "never" else "the validate task fails (no retry) quoting Packer's own message, file and line",
-    )
-
-
-@pytest.mark.parametrize("bad", [pytest.param(b, id=b.id, marks=_guarantee(b)) for b in TABLE])
+@pytest.mark.guarantee("bad-input")
+@pytest.mark.parametrize("bad", [pytest.param(b, id=b.id) for b in TABLE])
 def test_bad_input_fails_early_with_a_message_that_says_what_where_and_how(bad: Bad, ctx: Ctx, airflow_db):
     message = bad.provoke(ctx)
     print(f"\n[{bad.id}] {bad.provoked}\n{message}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -26,17 +25,12 @@ from faultkit import REPO, TEMPLATES, py, python_script, start, wait_for, with_e
 
 TTL = 10.0
 IMAGE = "img"
+POOL_IMAGE = "debian12-nginx"
 V0, V1, V2, V3, V5, V6 = (f"2026.110{i}.200000" for i in (0, 1, 2, 3, 5, 6))
 OLD = time.time() - 3 * 3600
 
-G = pytest.mark.guarantee(
-    "janitor (local)",
-    expected="dry run removes nothing and reports; real run removes old unused leftovers (orphaned QEMU, "
-    "leftover Packer, work folders, staging/trash, temp); young, locked and foreign ones untouched",
-)
-needs_tools = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None or shutil.which("packer") is None, reason="needs QEMU and Packer"
-)
+G = pytest.mark.guarantee("janitor")
+needs_tools = pytest.mark.needs_tools("qemu-system-x86_64", "packer")
 
 QEMU_OWNER = """
 import time
@@ -244,8 +238,9 @@ def test_janitor_dag_shape(janitor_dag):
     assert dag.schedule == "@hourly" and dag.timetable.expression in ("@hourly", "0 * * * *")
     task = dag.get_task("sweep")
     assert isinstance(task, JanitorOperator) and task.sweepers == [LOCAL_SWEEPERS]
+    assert type(dag.get_task("pool_gc")).__name__ == "PoolGcOperator"
     # plus one Azure sweep per connection of the catalogue's azure images (tests/faults/test_janitor_azure.py)
-    assert all(t.task_id.startswith("sweep_azure_") for t in dag.tasks if t is not task)
+    assert all(t.task_id.startswith("sweep_azure_") for t in dag.tasks if t.task_id not in ("sweep", "pool_gc"))
     assert dag.params["ttl_hours"] >= 1 and dag.params["dry_run"] in (True, False)
     ttl = dag.params.get_param("ttl_hours").schema
     assert ttl["type"] == "integer" and ttl["minimum"] == 1
@@ -282,11 +277,33 @@ def test_janitor_dag_run_dry_then_real(airflow_db, tmp_path):
         (d / "disk.qcow2").write_bytes(b"x")
     age_tree(stale, time.time() - 2 * 3600)
     age_tree(old_work, time.time() - 2 * 3600)
+    # the package pool (of an image of the shipped catalogue: its retention is 90 days): a version pruned 100 days ago (past the catalogue's 90-day retention) whose
+    # package nothing else uses, and a published version's index and package
+    from datetime import datetime, timedelta, timezone
+
+    from bakery.packages.pool import PackagePool, PooledPackage, PoolIndex
+    pool = PackagePool(home / "pool")
+    blobs = {}
+    for name in ("gone", "kept"):
+        tmp = pool.new_tmp()
+        tmp.write_bytes(name.encode() * 1000)
+        blobs[name] = pool.put_file(tmp)
+        old = time.time() - 2 * 3600
+        os.utime(pool.blob_path(blobs[name][0]), (old, old))
+    for version, name in (("2026.801.200000", "gone"), ("2026.1101.200000", "kept")):
+        pool.commit_index(PoolIndex(POOL_IMAGE, version, "2026-08-01T02:00:00+00:00", None, {}, "", [
+            PooledPackage(name, "1", "all", blobs[name][0], blobs[name][1], f"{name}.deb")]))
+    pool.mark_pruned(POOL_IMAGE, "2026.801.200000", datetime.now(timezone.utc) - timedelta(days=100))
 
     dry = dags_test(home, {"ttl_hours": 1, "dry_run": True})
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
     assert stale.exists() and young.exists() and old_work.exists()
+    assert pool.index(POOL_IMAGE, "2026.801.200000") is not None and pool.has_blob(blobs["gone"][0])
+    assert "package pool" in dry.stdout + dry.stderr and "would free" in dry.stdout + dry.stderr
     real = dags_test(home, {"ttl_hours": 1, "dry_run": False})
     assert real.returncode == 0, (real.stdout + real.stderr)[-4000:]
     assert not stale.exists() and not old_work.exists()
     assert young.exists()
+    assert pool.index(POOL_IMAGE, "2026.801.200000") is None and not pool.has_blob(blobs["gone"][0])
+    assert pool.index(POOL_IMAGE, "2026.1101.200000") is not None and pool.has_blob(blobs["kept"][0])
+    assert f"indexes past retention: {POOL_IMAGE}/2026.801.200000" in real.stdout + real.stderr

@@ -7,7 +7,6 @@ The slow variant with a real QEMU build through Airflow is in test_bake_faults.p
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,17 +29,10 @@ from bakery.packer.leftovers import (
 from bakery.packer.runner import PackerRunner
 from faultkit import TEMPLATES, py, python_script, start, wait_for, with_env
 
-needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="needs the packer binary")
+needs_packer = pytest.mark.needs_tools("packer")
 
-G_KILLED = pytest.mark.guarantee(
-    "build task SIGKILLed, then retried",
-    expected="the retry stops the surviving Packer group (verified by start time/token) before its own "
-    "Packer starts; stale output removed; the retry builds the artifact",
-)
-G_REUSED = pytest.mark.guarantee(
-    "leftover detection never kills a reused pid",
-    expected="a live process whose pid/start time/token do not match the state file is never signalled",
-)
+G_KILLED = pytest.mark.guarantee("build-killed-then-retried")
+G_REUSED = pytest.mark.guarantee("build-killed-then-retried")
 
 SLEEPER = """
 import os, signal, subprocess, sys, time

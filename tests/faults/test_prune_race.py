@@ -116,11 +116,7 @@ class LatestReader(threading.Thread):
             self.samples += 1
 
 
-@pytest.mark.guarantee(
-    "prune racing a publish (local)",
-    expected="every publish succeeds; latest always names an existing complete version; pinned and highest "
-    "kept; no stale entries",
-)
+@pytest.mark.guarantee("prune-safety")
 def test_prune_racing_publishes_keeps_the_gallery_consistent(tmp_path):
     gallery = tmp_path / "gallery"
     target = LocalTarget(gallery)

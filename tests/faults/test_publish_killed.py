@@ -81,11 +81,7 @@ def snapshot(gallery: Path) -> dict:
     }
 
 
-@pytest.mark.guarantee(
-    "worker dies during publish (local)",
-    expected="no half-written version ever visible; the retry publishes exactly one complete version "
-    "(checksum) with latest on it; stale .staging-* removed",
-)
+@pytest.mark.guarantee("publish-killed-local")
 @pytest.mark.parametrize("point", ["mid-copy", "before-rename", "before-latest"])
 def test_publish_killed_then_retried(tmp_path, big_disk, point):
     disk, digest = big_disk

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,16 +31,9 @@ from faultkit import REPO, TEMPLATES, py, python_script, start, wait_for
 POOL = "image_bakery_packer"
 IMAGE, VERSION = "debian12-nginx", "2026.1128.200000"
 
-G_AIRFLOW = pytest.mark.guarantee(
-    "two runs of the same image at once (Airflow)",
-    expected=f"max_active_runs=1 on every bake DAG; build in pool {POOL}, created by setup and compose init",
-)
-G_LOCK = pytest.mark.guarantee(
-    "two runs of the same image version at once (bakery)",
-    expected="the second build/smoke test/publish fails at once naming the holder; the first keeps running; "
-    "gallery unchanged",
-)
-needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="needs the packer binary")
+G_AIRFLOW = pytest.mark.guarantee("concurrent-runs")
+G_LOCK = pytest.mark.guarantee("concurrent-runs")
+needs_packer = pytest.mark.needs_tools("packer")
 
 
 # -- Airflow -------------------------------------------------------------------------------------

@@ -32,10 +32,7 @@ TEMPLATE = REPO / "include" / "packer" / "debian12-nginx"
 FW_CFG_KEY = "opt/bakery/authorized_keys"
 PART_OFFSET = 1 << 20  # the base image's root partition starts at 1 MiB
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("packer", "qemu-system-x86_64", "qemu-img")),
-    reason="needs packer, qemu-system-x86_64 and qemu-img (Debian: packer qemu-system-x86 qemu-utils)",
-)
+pytestmark = pytest.mark.needs_tools("packer", "qemu-system-x86_64", "qemu-img")  # Debian: packer qemu-system-x86 qemu-utils
 
 
 def base_checksum(image: Path) -> str:
@@ -77,6 +74,7 @@ def packer_env(
         "PKR_VAR_ssh_public_key_file": str(pub),
         "PKR_VAR_manifest_path": str(work / "manifest.json"),
         "PKR_VAR_image_version": "2026.11.28-test",
+        "PKR_VAR_package_list_path": str(work / "packages.tsv"),
         "PKR_VAR_accelerator": detect_accelerator(),
     }
     env.update({f"PKR_VAR_{k}": v for k, v in extra.items()})
@@ -354,7 +352,10 @@ def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path) -
     (tmp_path / "build.log").write_text(build.stdout + build.stderr)
     assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
     assert ",artifact," in build.stdout
-    assert "provision: removing /root/.ssh/authorized_keys" in build.stdout
+    assert "generalize: removing /root/.ssh/authorized_keys" in build.stdout
+    listing = (tmp_path / "packages.tsv").read_text()  # the guest's package list, downloaded
+    assert listing.startswith("format\tbakery-packages/1\nfamily\tdeb\nos\tdebian\t12\n")
+    assert "\npkg\tnginx\t" in listing
 
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     (entry,) = manifest["builds"]

@@ -164,3 +164,24 @@ def test_gc_drops_expired_indexes_and_unreferenced_packages(tmp_path):
     # a pruned index inside its retention stays usable
     pool.mark_pruned("img", "1.1.2", now - timedelta(days=10))
     assert pool.index("img", "1.1.2").usable(90, now) and not pool.index("img", "1.1.2").usable(5, now)
+
+
+def test_a_backfill_without_pool_reads_the_dated_snapshot_archive(tmp_path, mirror, closure, canary):
+    """snapshot@<date>: the package server fetches from the archive's state of the run's date."""
+    from bakery.packages.inputs import resolve_inputs
+
+    mirror.publish([*closure, canary["2.0"]], when=DAY2)  # the live mirror serves 2.0 now
+    pool = PackagePool(tmp_path / "pool")
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True, snapshot=mirror.snapshot_template)]
+    when = DAY1 + timedelta(hours=12)  # a date between the two states
+    inputs = resolve_inputs(image="img", version="2026.1101.1400000", run_type="backfill", logical_date=when,
+                            now=DAY2 + timedelta(days=1), mirrors=mirrors, pool=pool, retention_days=90)
+    assert inputs.label == "snapshot@20261101T140000Z" and inputs.mirror_urls == (mirror.snapshot_url(when),)
+    with PackageServer(pool, mirrors=inputs.mirror_urls) as srv:
+        sources, conf = guest_apt_config(inputs, mirrors, srv.url())
+        assert 'Check-Valid-Until "false"' in conf
+        apt = PrivateApt(tmp_path / "apt", sources=sources)
+        apt.ok("apt-get", "update")
+        assert apt.policy("bakery-canary") == ("1.0", ["1.0"])
+        apt.ok("apt-get", "install", "-y", "--download-only", "bakery-canary")
+    assert [s.version for s in srv.fetched.values() if s.name == "bakery-canary"] == ["1.0"]

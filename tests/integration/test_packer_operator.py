@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -21,12 +20,9 @@ from bakery.packer.runner import group_members
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
 SECRET = "op-secret-9d2e-VALUE"
-G_SECRET = pytest.mark.guarantee(
-    "sensitive Packer variable",
-    expected="never on the command line, in a file, the task log, XCom or an error message",
-)
+G_SECRET = pytest.mark.guarantee("secret-nowhere")
 
-pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="needs the packer binary")
+pytestmark = pytest.mark.needs_tools("packer")
 
 
 @pytest.fixture
@@ -189,10 +185,7 @@ def test_sensitive_variables_of_a_subclass_are_used_and_masked(dags_folder, tmp_
     assert SECRET not in saved.read_text()
 
 
-@pytest.mark.guarantee(
-    "build exceeds its execution_timeout",
-    expected="the task fails; Packer got SIGTERM and cleaned up; nothing of its group is left",
-)
+@pytest.mark.guarantee("packer-stopped-mid-build")
 def test_execution_timeout_stops_packers_process_group(dags_folder, tmp_path, capfd):
     failure = tmp_path / "failure.txt"
     dag = load_dag(

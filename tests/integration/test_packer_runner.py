@@ -22,25 +22,17 @@ import pytest
 
 from bakery.packer.runner import PackerError, PackerRunner, group_members
 
-G_STOP = pytest.mark.guarantee(
-    "Packer stopped mid-build (terminate, SIGTERM, exception, caller killed)",
-    expected="Packer cleans up first (QEMU stopped, output deleted), then nothing of its group is left",
-)
+G_STOP = pytest.mark.guarantee("packer-stopped-mid-build")
 
 
-G_SECRET = pytest.mark.guarantee(
-    "sensitive Packer variable",
-    expected="never on the command line, in a file, the task log, XCom or an error message",
-)
+G_SECRET = pytest.mark.guarantee("secret-nowhere")
 
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
 
-pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="needs the packer binary")
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None, reason="needs QEMU"
-)
+pytestmark = pytest.mark.needs_tools("packer")
+needs_qemu = pytest.mark.needs_tools("qemu-system-x86_64", "qemu-img")
 
 
 class Recorder:

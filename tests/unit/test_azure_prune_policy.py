@@ -25,6 +25,7 @@ def plan(versions, keep=2, protect=(), min_age_hours=24.0):
     return plan_prune(versions, keep, protect=protect, min_age_hours=min_age_hours, now=NOW)
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_keeps_the_n_newest_by_number_not_by_text_or_list_order():
     versions = [v("2026.1128.1030001"), v("2026.1128.200000"), v("2026.928.200000"), v("2026.1001.200000")]
     p = plan(versions, keep=2)
@@ -33,6 +34,7 @@ def test_keeps_the_n_newest_by_number_not_by_text_or_list_order():
     assert p.keep == {"2026.1128.200000": "one of the 2 newest", "2026.1128.1030001": "the highest version"}
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_never_the_highest_nor_a_protected_one_even_with_keep_1():
     versions = [v("1.0.0"), v("2.0.0"), v("3.0.0")]
     p = plan(versions, keep=1, protect={"1.0.0"})
@@ -41,6 +43,7 @@ def test_never_the_highest_nor_a_protected_one_even_with_keep_1():
     assert p.keep["3.0.0"] == "the highest version"
 
 
+@pytest.mark.guarantee("prune-safety")
 @pytest.mark.parametrize("facts, reason", [
     ({"pinned": True}, "pinned (tag pinned=true)"),
     ({"published": NOW - timedelta(hours=23)}, "younger than 24 h"),
@@ -59,6 +62,7 @@ def test_protected_versions_stay_and_say_why(facts, reason):
     assert reason in p.keep["1.0.0"]
 
 
+@pytest.mark.guarantee("prune-safety")
 @pytest.mark.parametrize("facts", [
     {"allow_deletion_of_replicated_locations": False, "regions": 1},  # one region: Azure allows it
     {"allow_deletion_of_replicated_locations": True, "regions": 4},
@@ -72,6 +76,7 @@ def test_unprotected_old_versions_go(facts):
     assert [d.name for d in p.delete] == ["1.0.0"]
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_min_age_zero_and_few_versions():
     assert plan([v("1.0.0", published=NOW)], keep=1, min_age_hours=0).delete == []
     assert plan([], keep=3).delete == []
@@ -79,6 +84,7 @@ def test_min_age_zero_and_few_versions():
     assert [d.name for d in p.delete] == ["1.0.0"]
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_keep_must_be_positive():
     with pytest.raises(ValueError, match="keep must be at least 1"):
         plan([v("1.0.0")], keep=0)

@@ -58,6 +58,7 @@ def test_defaults_of_an_azure_block():
     assert spec.azure.allow_deletion_of_replicated_locations is True
 
 
+@pytest.mark.guarantee("bad-input")
 @pytest.mark.parametrize("cidr", ["0.0.0.0/0", "*", "Internet", "any", "::/0"])
 def test_the_smoke_test_vm_is_never_open_to_the_internet(cidr):
     entry = azure_entry()
@@ -68,12 +69,14 @@ def test_the_smoke_test_vm_is_never_open_to_the_internet(cidr):
     assert "whole Internet" in msg
 
 
+@pytest.mark.guarantee("bad-input")
 def test_a_source_range_must_be_an_address_or_cidr():
     entry = azure_entry()
     entry["azure"]["smoke_test"]["allowed_source_cidr"] = "10.0.0.0/33"
     assert "'10.0.0.0/33' is not an IP address or CIDR range" in errors_of(entry)
 
 
+@pytest.mark.guarantee("bad-input")
 def test_target_regions_must_include_the_location_once():
     entry = azure_entry()
     entry["azure"]["location"] = "westeurope"
@@ -83,6 +86,7 @@ def test_target_regions_must_include_the_location_once():
     assert "field 'azure.target_regions': must include the location 'westeurope'" in msg
 
 
+@pytest.mark.guarantee("bad-input")
 def test_field_errors_name_the_field_and_say_what_is_wrong_all_at_once():
     entry = azure_entry()
     az = entry["azure"]
@@ -112,6 +116,7 @@ def test_field_errors_name_the_field_and_say_what_is_wrong_all_at_once():
         assert f"image 'rhel9-nginx', {line}" in msg, (line, msg)
 
 
+@pytest.mark.guarantee("bad-input")
 def test_required_azure_fields():
     entry = azure_entry()
     del entry["azure"]["gallery"]["image_definition"]
@@ -121,6 +126,7 @@ def test_required_azure_fields():
     assert "field 'azure.smoke_test': 'allowed_source_cidr' is a required property" in msg
 
 
+@pytest.mark.guarantee("bad-input")
 def test_target_and_block_must_agree():
     entry = azure_entry()
     del entry["azure"]
@@ -130,6 +136,7 @@ def test_target_and_block_must_agree():
     assert "field 'azure': only images with target 'azure' take an azure block" in errors_of(local, "debian12-nginx")
 
 
+@pytest.mark.guarantee("bad-input")
 def test_an_azure_image_name_must_leave_room_for_the_version():
     msg = errors_of(azure_entry(), name="a" * 48)
     assert "an Azure image name must be at most 47 characters" in msg

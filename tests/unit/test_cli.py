@@ -195,3 +195,17 @@ def test_scripts_bakery_runs_the_cli(gallery):
                           env={**os.environ, "BAKERY_GALLERY": str(gallery)}, timeout=120)
     assert proc.returncode == 1
     assert "packages.json" in proc.stderr
+
+
+def test_turn_shows_the_holder_and_releases_only_the_named_run(tmp_path, monkeypatch, capsys):
+    from bakery.cli import main
+    from bakery.turns import Holder, ImageTurn
+
+    monkeypatch.setenv("BAKERY_HOME", str(tmp_path))
+    assert main(["turn", "debian12-nginx"]) == 0 and "free" in capsys.readouterr().out
+    ImageTurn("debian12-nginx").take(Holder("bake_debian12_nginx", "run-1"), lambda h: True)
+    assert main(["turn", "debian12-nginx"]) == 0 and "held by run run-1" in capsys.readouterr().out
+    assert main(["turn", "debian12-nginx", "--release", "run-2"]) == 1
+    assert "held by run-1, not run-2" in capsys.readouterr().err
+    assert main(["turn", "debian12-nginx", "--release", "run-1"]) == 0
+    assert ImageTurn("debian12-nginx").holder() is None

@@ -56,7 +56,7 @@ def test_republish_same_run_is_a_noop_and_other_run_is_refused(tmp_path, target)
     assert (target.gallery / "img" / rec.version / "disk.qcow2").read_bytes() == b"disk2026.1128.200000"
 
 
-@pytest.mark.guarantee("publish of an image whose smoke test failed", expected="refused; nothing published")
+@pytest.mark.guarantee("smoke-test-fails")
 def test_failed_smoke_test_is_never_published(tmp_path, target):
     with pytest.raises(GalleryError, match="smoke test did not pass"):
         target.publish(make_record(tmp_path, "2026.1128.200000", passed=False), print)
@@ -70,10 +70,7 @@ def test_latest_is_highest_version_numerically_not_last_published(tmp_path, targ
     assert target.latest("img") == "2026.1128.1030001"
 
 
-@pytest.mark.guarantee(
-    "publish interrupted by an exception (in process)",
-    expected="no visible version, staging removed; the retry publishes",
-)
+@pytest.mark.guarantee("publish-killed-local")
 def test_crash_during_publish_leaves_no_visible_version(tmp_path, target, monkeypatch):
     rec = make_record(tmp_path, "2026.1128.200000")
     real_rename = os.rename
@@ -103,6 +100,7 @@ def test_concurrent_publishes_of_distinct_versions_all_land(tmp_path, target):
     assert len(visible(target)) == 8 and target.latest("img") == "2026.1128.80"
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_prune_keeps_newest_protects_current_latest_and_pinned(tmp_path, target):
     versions = [f"2026.{d}.200000" for d in (1101, 1102, 1103, 1104, 1105, 1106)]
     for v in versions:
@@ -125,6 +123,7 @@ def test_prune_keeps_newest_protects_current_latest_and_pinned(tmp_path, target)
     assert not (target.gallery / "img" / versions[1]).exists()
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_prune_never_deletes_the_highest_even_if_protect_is_older(tmp_path, target):
     for v in ["2026.1101.0", "2026.1102.0", "2026.1103.0"]:
         target.publish(make_record(tmp_path, v), print)

@@ -103,3 +103,35 @@ class JanitorOperator(BaseOperator):
             failed = [i for i in report["items"] if i["action"].startswith("failed")]
             raise RuntimeError(f"the janitor could not remove {len(failed)} leftover(s): {failed}")
         return report
+
+
+class PoolGcOperator(BaseOperator):
+    """Garbage-collects the bakery's package pool (``bakery.packages.pool.PackagePool.gc``): drops
+    the index of every pruned version past its image's ``packages.retention_days``, then the
+    packages, cached index files and base images no kept index refers to and nothing used for the
+    TTL (an in-flight build may be about to use them). Reports what went and the bytes freed.
+
+    :param ttl_hours: grace period of unreferenced blobs. Templated.
+    :param dry_run: only report. Templated.
+    """
+
+    template_fields: Sequence[str] = ("ttl_hours", "dry_run")
+
+    def __init__(self, *, ttl_hours: Any = "{{ params.ttl_hours }}", dry_run: Any = "{{ params.dry_run }}",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ttl_hours = ttl_hours
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from bakery.catalogue import load_catalogue
+        from bakery.packages.pool import default_pool
+
+        pool = default_pool()
+        retention = {name: spec.packages.retention_days for name, spec in load_catalogue().items()}
+        report = pool.gc(retention_days=retention, grace_hours=float(self.ttl_hours), dry_run=_flag(self.dry_run))
+        verb = "would free" if report.dry_run else "freed"
+        self.log.info("package pool %s: %s %.1f MB; indexes past retention: %s; %d package/index blobs and %d "
+                      "base images no kept index refers to", pool.root, verb, report.bytes_freed / 1e6,
+                      ", ".join(report.indexes_removed) or "none", report.blobs_removed, report.base_images_removed)
+        return report.to_dict()

@@ -1,0 +1,186 @@
+"""A real Airflow for tests that need the scheduler: ``airflow standalone`` (scheduler, DAG processor,
+triggerer, API server with LocalExecutor) in a private Airflow home, driven through the API server's
+public REST API (``/api/v2``) the way a user's tooling would.
+
+    with AirflowStandalone(tmp_path / "airflow", env={...}) as af:
+        af.unpause("bake_x")
+        run = af.trigger("bake_x", logical_date=..., conf={...})
+        af.wait_run("bake_x", run["dag_run_id"])
+
+The simple auth manager runs with every user an admin (``SIMPLE_AUTH_MANAGER_ALL_ADMINS``): the
+tests exercise the bakery, not Airflow's login. Everything it started is stopped at exit (the
+process group), and nothing of it listens beyond loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+TERMINAL = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AirflowStandalone:
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, parallelism: int = 4):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.home / "standalone.log"
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> AirflowStandalone:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 240) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["airflow", "standalone"], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.home, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if self.get("/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
+                    return
+            except (OSError, KeyError, ValueError):
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"airflow standalone was not healthy after {timeout}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        members = self._group()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(members, timeout=30)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        self._log.close()
+        self.proc = None
+
+    def _group(self) -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == self.proc.pid:
+                    out.append(p)
+            except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+                continue
+        return out
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    # ---- REST -------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
+        return json.loads(text) if text else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def wait_dag(self, dag_id: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get(f"/api/v2/dags/{dag_id}")
+                return
+            except RuntimeError:
+                time.sleep(3)
+        raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s:\n{self.tail()}")
+
+    def unpause(self, dag_id: str, paused: bool = False) -> None:
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def trigger(self, dag_id: str, *, logical_date: str | None = None, conf: dict | None = None) -> dict:
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                            {"logical_date": logical_date, "conf": conf or {}})
+
+    def backfill(self, dag_id: str, from_date: str, to_date: str, **kw: Any) -> dict:
+        return self.request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, **kw})
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=logical_date")["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances?limit=100")["task_instances"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/"
+                f"{task_id}/logs/{try_number}?full_content=true")
+        data = self.get(path)
+        content = data.get("content")
+        if isinstance(content, list):
+            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
+        return str(content)
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 1800) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}")
+            if run["state"] in TERMINAL:
+                return run
+            time.sleep(5)
+        raise TimeoutError(f"run {run_id} of {dag_id} did not finish within {timeout}s")
+
+    def wait_for(self, what: str, predicate, timeout: float = 1800, interval: float = 5) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = predicate()
+            if got:
+                return got
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
