@@ -35,6 +35,33 @@ if [ ! -x "$BAKERY_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wa
   echo "$want" > "$stamp"
 fi
 
+# Test tools (scripts/test.sh sets BAKERY_TEST_TOOLS=1; a bake does not need them):
+# Azurite, Microsoft's Azure Storage emulator (npm package), for the Azure SBOM tests: pinned and
+# project-local ($BAKERY_HOME/node, `npm install --prefix`), never global; reinstalled only when the
+# pin changes. 3.35.0 is the newest release that runs on the Node of Debian 12 (18) and of this
+# machine (20): 3.36 needs Node >= 21, 3.37 Node >= 22. The tests start it with
+# --skipApiVersionCheck, as the pinned azure-storage-blob speaks a newer REST API version.
+AZURITE_VERSION=3.35.0
+node_dir="$BAKERY_HOME/node"
+have_azurite() {
+  command -v node >/dev/null 2>&1 && [ -x "$node_dir/node_modules/.bin/azurite-blob" ] &&
+    [ "$(node -p "require(process.argv[1]).version" "$node_dir/node_modules/azurite/package.json" 2>/dev/null)" = "$AZURITE_VERSION" ]
+}
+if [ "${BAKERY_TEST_TOOLS:-0}" = 1 ] && ! have_azurite; then
+  if ! command -v npm >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { echo "setup: need root to apt-get install nodejs npm (for Azurite)" >&2; exit 1; }
+    log "installing Debian packages: nodejs npm (for Azurite)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  log "installing azurite@$AZURITE_VERSION into $node_dir"
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --save-exact --loglevel=error \
+      "azurite@$AZURITE_VERSION" >"$node_dir/npm-install.log" 2>&1 || { tail -20 "$node_dir/npm-install.log" >&2; exit 1; }
+  have_azurite || { echo "setup: azurite@$AZURITE_VERSION did not install into $node_dir" >&2; exit 1; }
+fi
+
 # The Airflow metadata DB (SQLite under $AIRFLOW_HOME for the local default).
 mkdir -p "$AIRFLOW_HOME"
 if [ ! -f "$AIRFLOW_HOME/.bakery-db-ready" ]; then

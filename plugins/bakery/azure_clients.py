@@ -8,6 +8,7 @@ target (``bakery.targets.azure``) only ever sees an :class:`AzureClients`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -49,15 +50,26 @@ class ArmSettings:
         return kwargs
 
 
+BlobContainerFactory = Callable[[str, str], Any]  # (connection id, container) -> ContainerClient
+
+
 @dataclass
 class AzureClients:
-    """The three management clients the Azure target uses, for one subscription."""
+    """The three management clients the Azure target uses, for one subscription, and how to reach
+    blob storage (the versions' SBOMs and package manifests).
+
+    ``blob_container(conn_id, container)`` returns an ``azure.storage.blob.ContainerClient``; the
+    Airflow side builds it from a ``wasb`` connection through the Azure provider's ``WasbHook``
+    (``bakery.hooks.azure.sbom_container``). The target calls it only when the catalogue has an
+    ``azure.sbom`` block, and closes the client it got.
+    """
 
     subscription_id: str
     compute: Any  # azure.mgmt.compute.ComputeManagementClient
     network: Any  # azure.mgmt.network.NetworkManagementClient
     resource: Any  # azure.mgmt.resource.resources.ResourceManagementClient
     credential: Any = None
+    blob_container: BlobContainerFactory | None = None
 
     def close(self) -> None:
         for client in (self.compute, self.network, self.resource):
@@ -75,8 +87,10 @@ class AzureClients:
         self.close()
 
 
-def make_clients(credential: Any, settings: ArmSettings) -> AzureClients:
-    """Compute, network and resource clients (azure-mgmt-compute 39 & co.) for ``settings``."""
+def make_clients(credential: Any, settings: ArmSettings, *,
+                 blob_container: BlobContainerFactory | None = None) -> AzureClients:
+    """Compute, network and resource clients (azure-mgmt-compute 39 & co.) for ``settings``
+    (and ``blob_container``, see :class:`AzureClients`)."""
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.network import NetworkManagementClient
     from azure.mgmt.resource.resources import ResourceManagementClient
@@ -93,4 +107,5 @@ def make_clients(credential: Any, settings: ArmSettings) -> AzureClients:
         network=NetworkManagementClient(credential, sub, **kwargs),
         resource=ResourceManagementClient(credential, sub, **kwargs),
         credential=credential,
+        blob_container=blob_container,
     )

@@ -45,6 +45,13 @@ _LOCATION = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9]{1,40}$",
 _VM_SIZE = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_-]{1,63}$", "description": "a VM size such as Standard_B2s"}
 _UUID = {"type": "string", "pattern": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
          "description": "a subscription id (a GUID)"}
+# Blob container names: 3-63 lowercase letters, digits and hyphens, starting and ending with a letter
+# or digit, no two hyphens in a row
+_BLOB_CONTAINER = {"type": "string", "pattern": r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+                   "description": "a blob container name (3-63 lowercase letters, digits and single hyphens, "
+                                  "starting and ending with a letter or digit)"}
+_CONN_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,250}$",
+            "description": "an Airflow connection id (letters, digits, _ . -)"}
 STORAGE_ACCOUNT_TYPES = ("Standard_LRS", "Standard_ZRS", "Premium_LRS", "PremiumV2_LRS")
 SMOKE_MODES = ("public", "private")
 
@@ -53,8 +60,7 @@ _AZURE = {
     "additionalProperties": False,
     "required": ["conn_id", "location", "managed_image_resource_group", "gallery", "smoke_test"],
     "properties": {
-        "conn_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,250}$",
-                    "description": "an Airflow connection id (letters, digits, _ . -)"},
+        "conn_id": _CONN_ID,
         "subscription_id": _UUID,
         "location": _LOCATION,
         "vm_size": _VM_SIZE,
@@ -108,6 +114,14 @@ _AZURE = {
             "type": "object",
             "additionalProperties": False,
             "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600}},
+        },
+        # where each version's SBOM and package manifest go: <image>/<version>/sbom.cdx.json and
+        # <image>/<version>/packages.json in this blob container (Airflow wasb connection)
+        "sbom": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["conn_id", "container"],
+            "properties": {"conn_id": _CONN_ID, "container": _BLOB_CONTAINER},
         },
     },
 }
@@ -267,6 +281,14 @@ class AzureSmokeNetwork:
 
 
 @dataclass(frozen=True)
+class BlobStoreRef:
+    """A blob container reached through an Airflow ``wasb`` connection (the Azure provider's)."""
+
+    conn_id: str
+    container: str
+
+
+@dataclass(frozen=True)
 class AzureSpec:
     conn_id: str
     location: str
@@ -282,6 +304,7 @@ class AzureSpec:
     allow_deletion_of_replicated_locations: bool = True
     keep_failed_image: bool = False
     prune_min_age_hours: float = 24.0
+    sbom: BlobStoreRef | None = None  # where the versions' SBOMs and manifests go (None: nowhere)
 
     def regions(self) -> tuple[TargetRegion, ...]:
         return self.target_regions or (TargetRegion(self.location),)
@@ -349,6 +372,7 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
         allow_deletion_of_replicated_locations=raw.get("allow_deletion_of_replicated_locations", True),
         keep_failed_image=raw.get("keep_failed_image", False),
         prune_min_age_hours=float(raw.get("prune", {}).get("min_age_hours", AzureSpec.prune_min_age_hours)),
+        sbom=BlobStoreRef(**raw["sbom"]) if raw.get("sbom") else None,
     )
 
 

@@ -16,7 +16,8 @@ code: product code runs it exactly as it would run the real one.
   builder-id ``Azure.ResourceManagement.VMImage`` with the managed image id - and writes the
   ``manifest`` post-processor's file like Packer 1.6 does (appending builds, ``last_run_uuid``).
 * Templates without an azure-arm source, ``validate``, ``inspect``, ``console``, ``fmt``, ... and
-  ``version`` are handed to the real packer (``BAKERY_FAKE_PACKER_REAL``, default /usr/bin/packer).
+  ``version`` are handed to the real packer (``BAKERY_FAKE_PACKER_REAL``, else the first ``packer``
+  on PATH that is not this fake).
 
 Environment:
   BAKERY_FAKE_PACKER_ARM_ENDPOINT   the emulator, e.g. https://127.0.0.1:PORT/ (required for builds)
@@ -29,6 +30,16 @@ Environment:
   BAKERY_FAKE_PACKER_LOG            append one JSON line per invocation (argv, cwd, PKR_VAR_*)
   BAKERY_FAKE_PACKER_REAL           the real packer binary
   BAKERY_FAKE_PACKER_MAX_POLL_SECONDS  cap on Retry-After waits (default 1)
+  BAKERY_FAKE_PACKER_NGINX_VERSION  the nginx version the "guest" has installed (default: AlmaLinux 9's
+                                    1:1.20.1-14.el9_2.1, Ubuntu 24.04's 1.24.0-2ubuntu7.1): a test
+                                    changes it to get a changed package manifest
+Provisioners run in order against a small model of the build VM: a shell provisioner running
+``capture-packages.sh`` writes the guest's package list (the script's format, a realistic AlmaLinux 9
+rpm set or Ubuntu 24.04 dpkg set, by the base image's publisher) to ``/tmp/bakery-packages.tsv``; a
+``file`` provisioner with ``direction = "download"`` copies a guest file to its destination (an error
+like Packer's if the guest has no such file); a shell script that runs ``waagent -deprovision+user``
+deletes the build user: a provisioner after it fails to connect, and so does Packer's own clean-up of
+the script unless ``skip_clean`` is true.
 SIGTERM/SIGINT during a build: "Cancelling build after receiving terminated", the temporary resource
 group is deleted, exit 1 - like Packer.
 """
@@ -42,6 +53,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import ssl
 import string
@@ -62,8 +74,13 @@ FALLBACK_VERSION = "1.6.6"
 
 
 def real_packer() -> str | None:
-    real = os.environ.get("BAKERY_FAKE_PACKER_REAL", "/usr/bin/packer")
-    return real if os.path.isfile(real) and os.access(real, os.X_OK) else None
+    """BAKERY_FAKE_PACKER_REAL, else the first ``packer`` on PATH outside this fake's own bin/ folder."""
+    real = os.environ.get("BAKERY_FAKE_PACKER_REAL")
+    if real:
+        return real if os.path.isfile(real) and os.access(real, os.X_OK) else None
+    fake_bin = Path(__file__).resolve().parent / "bin"
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != fake_bin]
+    return shutil.which("packer", path=os.pathsep.join(path))
 
 
 # === Packer's UI ======================================================================================
@@ -544,8 +561,7 @@ def build(args: list[str]) -> int:
                     pp_attrs = attrs(pp[3])
                     pkeys = [k for k in ("output", "custom_data") if k in pp_attrs]
                     manifests.append(dict(zip(pkeys, evaluator.evaluate([pp_attrs[k] for k in pkeys]))))
-            provisioners = [b[2][0] for b in blocks(build_items, "provisioner") if b[2]]
-            plans.append((name, values, manifests, provisioners))
+            plans.append((name, values, manifests, provisioner_settings(build_items, evaluator)))
     except HclError as exc:
         return _fatal(ui, str(exc))
 
@@ -614,7 +630,162 @@ def _fatal(ui: Ui, message: str) -> int:
     return 1
 
 
-def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[str], force: bool) -> dict:
+# === the build VM's side of the provisioners ==========================================================
+PACKAGE_LIST_IN_GUEST = "/tmp/bakery-packages.tsv"  # where capture-packages.sh writes by default
+_PROVISIONER_KEYS = ("script", "skip_clean", "direction", "source", "destination")
+_DEPROVISION = re.compile(r"^[^#\n]*\bwaagent\b[^\n]*-deprovision", re.MULTILINE)
+
+# What `rpm -qa` / `dpkg-query -W` list on the Marketplace images after the bake's update + nginx
+# (a realistic subset): (name, version as capture-packages.sh prints it, arch, source package).
+ALMALINUX_9 = [
+    ("almalinux-release", "9.4-1.el9", "x86_64", "almalinux-release"),
+    ("bash", "5.1.8-9.el9", "x86_64", "bash"),
+    ("ca-certificates", "2023.2.60_v7.0.306-90.1.el9_2", "noarch", "ca-certificates"),
+    ("cloud-init", "23.4-7.el9_4.alma.1", "noarch", "cloud-init"),
+    ("curl", "7.76.1-29.el9_4", "x86_64", "curl"),
+    ("dnf", "4.14.0-9.el9", "noarch", "dnf"),
+    ("glibc", "2.34-100.el9_4.2", "x86_64", "glibc"),
+    ("glibc-common", "2.34-100.el9_4.2", "x86_64", "glibc"),
+    ("kernel-core", "5.14.0-427.13.1.el9_4", "x86_64", "kernel"),
+    ("libcurl", "7.76.1-29.el9_4", "x86_64", "curl"),
+    ("nginx", "{nginx}", "x86_64", "nginx"),
+    ("nginx-core", "{nginx}", "x86_64", "nginx"),
+    ("nginx-filesystem", "{nginx}", "noarch", "nginx"),
+    ("openssh-server", "8.7p1-38.el9", "x86_64", "openssh"),
+    ("openssl", "1:3.0.7-27.el9", "x86_64", "openssl"),
+    ("openssl-libs", "1:3.0.7-27.el9", "x86_64", "openssl"),
+    ("systemd", "252-32.el9_4", "x86_64", "systemd"),
+    ("tzdata", "2024a-1.el9", "noarch", "tzdata"),
+    ("WALinuxAgent", "2.7.0.6-9.el9", "noarch", "WALinuxAgent"),
+]
+UBUNTU_2404 = [
+    ("apt", "2.7.14build2", "amd64", "apt"),
+    ("base-files", "13ubuntu10.1", "amd64", "base-files"),
+    ("bash", "5.2.21-2ubuntu4", "amd64", "bash"),
+    ("ca-certificates", "20240203", "all", "ca-certificates"),
+    ("cloud-init", "24.2-0ubuntu1~24.04.2", "all", "cloud-init"),
+    ("curl", "8.5.0-2ubuntu10.4", "amd64", "curl"),
+    ("libc6", "2.39-0ubuntu8.3", "amd64", "glibc"),
+    ("libcurl4t64", "8.5.0-2ubuntu10.4", "amd64", "curl"),
+    ("libssl3t64", "3.0.13-0ubuntu3.4", "amd64", "openssl"),
+    ("linux-azure", "6.8.0.1015.16", "amd64", "linux-meta-azure"),
+    ("nginx", "{nginx}", "amd64", "nginx"),
+    ("nginx-common", "{nginx}", "all", "nginx"),
+    ("openssh-server", "1:9.6p1-3ubuntu13.5", "amd64", "openssh"),
+    ("openssl", "3.0.13-0ubuntu3.4", "amd64", "openssl"),
+    ("systemd", "255.4-1ubuntu8.4", "amd64", "systemd"),
+    ("tzdata", "2024a-3ubuntu1.1", "all", "tzdata"),
+    ("walinuxagent", "2.9.1.1-0ubuntu5", "amd64", "walinuxagent"),
+]
+GUESTS = {  # base image publisher -> (family, os id, os version, packages, default nginx version)
+    "almalinux": ("rpm", "almalinux", "9.4", ALMALINUX_9, "1:1.20.1-14.el9_2.1"),
+    "canonical": ("deb", "ubuntu", "24.04", UBUNTU_2404, "1.24.0-2ubuntu7.1"),
+}
+
+
+def package_list(values: dict) -> str:
+    """What capture-packages.sh writes in the build VM of this source's base image."""
+    publisher = str(values.get("image_publisher") or "").lower()
+    if publisher not in GUESTS:
+        raise BuildError(f"fake packer: no package list for base images of publisher {publisher!r} "
+                         f"(known: {', '.join(GUESTS)})")
+    family, os_id, os_version, packages, nginx = GUESTS[publisher]
+    nginx = os.environ.get("BAKERY_FAKE_PACKER_NGINX_VERSION") or nginx
+    lines = ["format\tbakery-packages/1", f"family\t{family}", f"os\t{os_id}\t{os_version}"]
+    for pkg, version, arch, source in packages:
+        version = version.format(nginx=nginx)
+        lines.append(f"pkg\t{pkg}\t{version}\t{arch}\t{source}\t{version}")
+    return "\n".join(lines) + "\n"
+
+
+def provisioner_settings(build_items: list, evaluator: Evaluator) -> list[dict]:
+    """Each provisioner of the build, in order: its type and the settings the fake acts on, evaluated
+    as Packer does (one ``packer console`` call for all of them)."""
+    found, exprs = [], []
+    for block in blocks(build_items, "provisioner"):
+        if not block[2]:
+            continue
+        battrs = attrs(block[3])
+        keys = [k for k in _PROVISIONER_KEYS if k in battrs]
+        found.append((block[2][0], keys))
+        exprs += [battrs[k] for k in keys]
+    values = iter(evaluator.evaluate(exprs))
+    return [{"type": type_, **{k: next(values) for k in keys}} for type_, keys in found]
+
+
+class Guest:
+    """The build VM as the provisioners see it: a few files, and whether the build user still exists."""
+
+    def __init__(self, values: dict) -> None:
+        self.values = values
+        self.files: dict[str, str] = {}
+        self.deprovisioned = False
+
+    def run_script(self, script: str) -> list[str]:
+        """Run a shell provisioner's script "in the guest": its effects on the model, its output lines."""
+        out = []
+        if Path(script).name == "capture-packages.sh":
+            listing = package_list(self.values)
+            self.files[PACKAGE_LIST_IN_GUEST] = listing
+            count = sum(1 for line in listing.splitlines() if line.startswith("pkg\t"))
+            out.append(f"capture-packages: {count} packages listed in {PACKAGE_LIST_IN_GUEST}")
+        try:
+            text = Path(script).read_text(errors="replace") if script else ""
+        except OSError:
+            text = ""
+        if _DEPROVISION.search(text):
+            self.deprovisioned = True
+            if f"rm -f {PACKAGE_LIST_IN_GUEST}" in text:
+                self.files.pop(PACKAGE_LIST_IN_GUEST, None)
+            out.append("deprovisioning (waagent): removes the build user, SSH host keys, DHCP leases; generalises")
+        return out
+
+
+def run_provisioners(ui: Ui, name: str, values: dict, provisioners: list[dict], fail: str,
+                     fail_message: str | None) -> None:
+    say = lambda text: ui.say(f"==> {name}: {text}")
+    guest = Guest(values)
+    for i, prov in enumerate(provisioners or [{"type": "shell"}]):
+        if guest.deprovisioned:  # the build user is gone: Packer cannot log in any more
+            raise BuildError("Error uploading / running over SSH: ssh: handshake failed: ssh: unable to authenticate, "
+                             "attempted methods [none publickey], no supported methods remain")
+        kind = prov["type"]
+        if kind == "file":
+            src, dst = prov.get("source") or "", prov.get("destination") or ""
+            if (prov.get("direction") or "upload") != "download":
+                say(f"Uploading {src} => {dst}")
+                continue
+            say(f"Downloading {src} => {dst}")
+            if src not in guest.files:
+                raise BuildError(f"Error downloading {src}: Process exited with status 1: scp: {src}: "
+                                 "No such file or directory")
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            Path(dst).write_text(guest.files[src])
+            continue
+        script = prov.get("script") or ""
+        shown = script or f"/tmp/packer-shell{random.randint(10**8, 10**9)}"
+        say(f"Provisioning with {'shell script: ' + shown if kind == 'shell' else kind} ...")
+        if i == 0:  # the update + install: the long part of a real build
+            ui.message(f"    {name}: Reading package lists...")
+            delay = float(os.environ.get("BAKERY_FAKE_PACKER_BUILD_SECONDS", "0") or 0)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if fail == "provision":
+                ui.error(f"==> {name}: E: Unable to locate package nginx")
+                say("Provisioning step had errors: Running the cleanup provisioner, if present...")
+                raise BuildError(fail_message or
+                                 "Script exited with non-zero exit status: 100.Allowed exit codes are: [0]")
+        if kind == "shell":
+            for line in guest.run_script(script):
+                ui.message(f"    {name}: {line}")
+            if guest.deprovisioned and not prov.get("skip_clean"):
+                raise BuildError(f"Error removing temporary script at /tmp/script_{random.randint(1000, 9999)}.sh: "
+                                 "ssh: handshake failed: ssh: unable to authenticate, attempted methods [none "
+                                 "publickey], no supported methods remain")
+
+
+def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], force: bool) -> dict:
     endpoint = os.environ.get("BAKERY_FAKE_PACKER_ARM_ENDPOINT")
     if not endpoint:
         raise BuildError("BAKERY_FAKE_PACKER_ARM_ENDPOINT is not set: the fake packer needs the ARM emulator")
@@ -699,18 +870,7 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[str], fo
         say(" -> IP Address          : '20.0.0.4'")
         say("Waiting for SSH to become available...")
         say("Connected to SSH!")
-        for provisioner in provisioners or ["shell"]:
-            say(f"Provisioning with {'shell script: /tmp/packer-shell' + str(random.randint(10**8, 10**9)) if provisioner == 'shell' else provisioner} ...")
-            ui.message(f"    {name}: Reading package lists...")
-            delay = float(os.environ.get("BAKERY_FAKE_PACKER_BUILD_SECONDS", "0") or 0)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            if fail == "provision":
-                ui.error(f"==> {name}: E: Unable to locate package nginx")
-                say("Provisioning step had errors: Running the cleanup provisioner, if present...")
-                raise BuildError(fail_message or
-                                 "Script exited with non-zero exit status: 100.Allowed exit codes are: [0]")
+        run_provisioners(ui, name, values, provisioners, fail, fail_message)
         say("Querying the machine's properties ...")
         say(f" -> ResourceGroupName : '{temp_rg}'")
         say(f" -> ComputeName       : '{vm_name}'")

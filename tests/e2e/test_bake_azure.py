@@ -4,7 +4,10 @@ Everything is the product's real code path: the catalogue (a test copy pointing 
 resource groups), an ordinary ``azure`` connection given as ``AIRFLOW_CONN_AZURE_EMU`` (client id /
 secret / tenant; ``resource_manager_endpoint``, ``authority_host`` and ``connection_verify`` aim it at
 the emulator, which issues the tokens and refuses any other), the real Packer validating the real
-template, and the fake ``packer`` (first on PATH) doing the azure-arm build at the emulator.
+template, and the fake ``packer`` (first on PATH) doing the azure-arm build at the emulator (its
+provisioners too: the package list the template downloads from the "build VM"). The SBOM and the
+package manifest go to Azurite (the real Azure Storage emulator, started here) through an ordinary
+``wasb`` connection (``AIRFLOW_CONN_SBOM_AZURITE``, a connection string) and the provider's WasbHook.
 
 Assertions are on the emulator's state and request log and on Airflow's metadata DB (task states,
 XCom), and on every log the run produced (the client secret must appear in none).
@@ -12,14 +15,20 @@ XCom), and on every log the run produced (the client secret must appear in none)
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
-from bakery.targets.azure import SmokeNames, managed_image_name
+from bakery.packages.manifest import Manifest, parse_capture
+from bakery.packages.sbom import validate_sbom
+from bakery.targets.azure import SmokeNames, blob_names, managed_image_name
 
+from tests.azure_emulator.azurite import Azurite
 from tests.azure_emulator.dagrun import IMAGE, Bake, emulated_world, version_of
+from tests.azure_emulator.fake_packer import package_list
 from tests.azure_emulator.world import (
     GALLERY,
     GALLERY_RG,
@@ -28,13 +37,45 @@ from tests.azure_emulator.world import (
     AzureWorld,
 )
 
-pytestmark = pytest.mark.skipif(not os.access("/usr/bin/packer", os.X_OK), reason="needs the real packer (validate)")
+pytestmark = pytest.mark.needs_tools("packer")  # the real one validates; the fake (first on PATH) builds
 
 
 @pytest.fixture
 def world():
     with emulated_world() as w:
         yield w
+
+
+SBOM_CONN = "sbom_azurite"
+SBOM_CONTAINER = "image-sboms"
+ALMALINUX = {"image_publisher": "almalinux"}  # what the fake build VM of rhel9-nginx lists
+NGINX_UPDATE = "1:1.20.1-16.el9_4.1"
+
+
+@pytest.fixture
+def azurite(tmp_path):
+    with Azurite(tmp_path / "azurite") as a:
+        a.create_container(SBOM_CONTAINER)
+        yield a
+    assert not a.running
+
+
+def sbom_bake(world: AzureWorld, home: Path, azurite: Azurite, **env: str) -> Bake:
+    """A Bake whose catalogue stores SBOMs in Azurite through the wasb connection SBOM_CONN."""
+    return Bake(world, home, sbom={"conn_id": SBOM_CONN, "container": SBOM_CONTAINER},
+                env={f"AIRFLOW_CONN_{SBOM_CONN.upper()}": azurite.wasb_connection_json(), **env})
+
+
+def expected_manifest(**env: str) -> Manifest:
+    """The manifest of what the fake build VM lists (computed here, not by the product)."""
+    with mock.patch.dict(os.environ, env):
+        return parse_capture(package_list(ALMALINUX))
+
+
+def stored_packages(azurite: Azurite, version: str) -> tuple[Manifest, str]:
+    sbom_blob, manifest_blob = blob_names(IMAGE, version)
+    return (Manifest.from_dict(json.loads(azurite.read_blob(SBOM_CONTAINER, manifest_blob))),
+            azurite.read_blob(SBOM_CONTAINER, sbom_blob).decode())
 
 
 OLD = datetime.now(UTC) - timedelta(days=40)
@@ -83,17 +124,19 @@ def assert_no_secret_anywhere(bake: Bake) -> None:
 
 
 # --- the whole pipeline -----------------------------------------------------------------------------
-def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_path, airflow_db):
+@pytest.mark.guarantee("prune-safety")
+def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_path, airflow_db, azurite):
     emu = world.emu
     seed_versions(world)
-    bake = Bake(world, tmp_path / "run")
+    bake = sbom_bake(world, tmp_path / "run", azurite)
     state = bake.run("2026-11-26T02:00:00+00:00")
     assert state == "success", bake.output[-8000:]
     assert set(bake.states().values()) == {"success"}, bake.states()
-    assert sorted(bake.states()) == ["build", "prepare", "prune", "publish", "smoke_setup", "smoke_teardown",
-                                     "smoke_test", "validate"]
+    assert sorted(bake.states()) == ["build", "check_changes", "give_back_turn", "prepare", "prune", "publish",
+                                     "smoke_setup", "smoke_teardown", "smoke_test", "validate", "wait_turn"]
     version = version_of(bake)
     assert version == "2026.1126.200001"
+    assert bake.xcom("check_changes")["build"] is True
 
     # validate: the REAL packer validated the real template (the fake hands validate over)
     invocations = bake.packer_invocations()
@@ -145,6 +188,29 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert v["tags"]["smoke_test"] == "passed"
     assert "publish: replication to East US 2" in bake.output
 
+    # the package manifest: captured in the "build VM" before deprovisioning, downloaded by Packer's file
+    # provisioner, its digest a tag of the version; SBOM and manifest in Azurite through the wasb hook
+    want = expected_manifest()
+    assert build["packages"]["digest"] == want.digest and build["packages"]["count"] == len(want) == 19
+    assert build["packages"]["family"] == "rpm"
+    assert v["tags"]["manifest_digest"] == want.digest
+    prepared = bake.xcom("prepare")["record"]
+    assert v["tags"]["inputs"] == prepared["inputs"]["label"] and v["tags"]["inputs"].startswith("current@")
+    assert v["tags"]["variables_digest"] == prepared["variables_digest"]
+    assert "rebuilt_at" not in v["tags"]  # a manual run, not a backfill
+    assert all(len(value) <= 256 for value in v["tags"].values())
+    stored, sbom = stored_packages(azurite, version)
+    assert stored == want and stored.digest == v["tags"]["manifest_digest"]
+    validate_sbom(sbom)
+    doc = json.loads(sbom)
+    assert doc["metadata"]["component"]["name"] == IMAGE and doc["metadata"]["component"]["version"] == version
+    assert len(doc["components"]) == 19
+    assert "pkg:rpm/almalinux/nginx@1.20.1-14.el9_2.1?arch=x86_64&distro=almalinux-9.4&epoch=1" in {
+        c["purl"] for c in doc["components"]}
+    assert azurite.requests("PUT", f"/{SBOM_CONTAINER}/{IMAGE}/{version}/sbom.cdx.json")
+    assert f"SBOM (CycloneDX, 19 packages) and package manifest stored in blob container '{SBOM_CONTAINER}'" in bake.output
+    assert "capture-packages: 19 packages listed in /tmp/bakery-packages.tsv" in bake.output
+
     # prune: keep 2 newest + protected; the intermediate managed images of published versions are gone
     assert bake.xcom("prune") == ["2026.1001.200000", "2026.1002.200000"]
     remaining = sorted(r.name for r in emu.state.of_type("Microsoft.Compute/galleries/images/versions"))
@@ -162,8 +228,7 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert_no_secret_anywhere(bake)
 
 
-@pytest.mark.guarantee("Azure: a fifth of ARM calls throttled or failing (429/503)",
-                        expected="the bake succeeds without an Airflow retry; nothing created twice; nothing left")
+@pytest.mark.guarantee("arm-faults")
 def test_with_throttling_and_server_errors_the_run_succeeds_creating_nothing_twice(world, tmp_path, airflow_db):
     emu = world.emu
     seed_versions(world)
@@ -198,8 +263,7 @@ def test_with_throttling_and_server_errors_the_run_succeeds_creating_nothing_twi
     assert bake.xcom("smoke_test")["smoke"]["passed"] is True
 
 
-@pytest.mark.guarantee("Azure: smoke test fails (wrong page, no answer)",
-                        expected="nothing published; VM, disk, NIC, IP, NSG and the failed image deleted")
+@pytest.mark.guarantee("smoke-test-fails")
 @pytest.mark.parametrize("behaviour", [
     pytest.param({"body": "<html><body><h1>It works!</h1></body></html>"}, id="wrong-page"),
     pytest.param({"never_answers": True}, id="never-answers"),
@@ -222,3 +286,31 @@ def test_a_failed_smoke_test_publishes_nothing_and_leaves_nothing_behind(world, 
     assert world.leftovers() == []
     assert emu.state.ids("Microsoft.Compute/images") == []  # the failed bake's image is deleted too
     assert_no_secret_anywhere(bake)
+
+
+def test_a_second_bake_with_an_nginx_update_gets_a_new_manifest_digest_and_logs_the_diff(world, tmp_path, airflow_db,
+                                                                                         azurite):
+    emu = world.emu
+    first = sbom_bake(world, tmp_path / "day1", azurite)
+    assert first.run("2026-11-26T02:00:00+00:00") == "success", first.output[-8000:]
+    v1 = version_of(first)
+    assert "no earlier version with a package manifest" in first.output
+    # the next day's build VM has a newer nginx; force_rebuild: bake whatever check_changes concludes
+    second = sbom_bake(world, tmp_path / "day2", azurite, BAKERY_FAKE_PACKER_NGINX_VERSION=NGINX_UPDATE)
+    assert second.run("2026-11-27T02:00:00+00:00", conf={"force_rebuild": True}) == "success", second.output[-8000:]
+    v2 = version_of(second)
+    assert v2 != v1
+    assert second.xcom("check_changes")["build"] is True
+    assert "check_changes: force_rebuild is set" in second.output
+
+    tags = {r.name: r.tags for r in emu.state.of_type("Microsoft.Compute/galleries/images/versions")}
+    old, new = expected_manifest(), expected_manifest(BAKERY_FAKE_PACKER_NGINX_VERSION=NGINX_UPDATE)
+    assert tags[v1]["manifest_digest"] == old.digest
+    assert tags[v2]["manifest_digest"] == new.digest != old.digest
+    assert stored_packages(azurite, v2)[0] == new
+    assert stored_packages(azurite, v1)[0] == old  # the earlier version's blobs are untouched
+    # the publish log: the package diff to the previous version, read back from its packages.json blob
+    assert f"packages {v1} -> {v2}: 0 added, 0 removed, 3 upgraded, 0 downgraded" in second.output
+    assert f"^ nginx 1:1.20.1-14.el9_2.1 -> {NGINX_UPDATE} (x86_64)" in second.output
+    assert azurite.requests("GET", f"/{SBOM_CONTAINER}/{IMAGE}/{v1}/packages.json")
+

@@ -138,7 +138,8 @@ def local_variables(ctx: Ctx, base: Path | None = None) -> dict:
     work = ctx.tmp / "work"
     return {"base_image_path": str(base), "base_image_checksum": digest, "output_directory": str(work / "output"),
             "vm_name": "debian12-nginx-2026.1120.200000.qcow2", "accelerator": "tcg",
-            "manifest_path": str(work / "manifest.json"), "image_version": "2026.1120.200000"}
+            "manifest_path": str(work / "manifest.json"), "image_version": "2026.1120.200000",
+            "package_list_path": str(work / "packages.tsv")}
 
 
 def broken_template(ctx: Ctx, old: str, new: str) -> Path:
@@ -278,7 +279,7 @@ def version_packer_rejects(ctx: Ctx) -> str:
     variables = {"image_name": "rhel9-nginx", "image_version": "2026.1120.200000-rc1",
                  "dag_run_id": RUN_ID, "location": "westeurope", "vm_size": "Standard_D2s_v5",
                  "build_resource_group_name": "", "managed_image_resource_group_name": "rg-bakery-images",
-                 "manifest_path": str(ctx.tmp / "manifest.json")}
+                 "manifest_path": str(ctx.tmp / "manifest.json"), "package_list_path": str(ctx.tmp / "packages.tsv")}
     op = AzurePackerOperator(task_id="validate", command="validate", conn_id="azure_validate",
                              template_dir=str(PACKER_DIR / "rhel9-nginx-azure"), variables=variables)
     return error_of(lambda: op.execute({}), AirflowFailException)
@@ -375,7 +376,7 @@ TABLE = [
         (("PreflightError: {catalogue}: image 'debian12-nginx', field 'variables.disk_sise': the template "
          "{repo}/include/packer/debian12-nginx declares no variable 'disk_sise' (Packer would only warn and build "
          "without it)"), "fix the name, or declare it in {repo}/include/packer/debian12-nginx/variables.pkr.hcl",
-         ("the template's variables: accelerator, base_image_checksum, base_image_path, cpu_model, cpus, disk_compression, "
+         ("the template's variables: accelerator, apt_conf_b64, apt_sources_b64, base_image_checksum, base_image_path, cpu_model, cpus, disk_compression, "
          "disk_size,"))),
     # --- the local base image -----------------------------------------------------------------------------
     Bad("base-image-vanished", "local base image file vanished",

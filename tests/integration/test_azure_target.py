@@ -39,14 +39,8 @@ RUN_ID = "manual__2026-11-26T02:00:00+00:00"
 PACKER_UUID = "0b5e3c1e-2a59-4d8a-9c43-8f5f1f5d7a11"
 
 
-G_SMOKE_CLEANUP = pytest.mark.guarantee(
-    "Azure: smoke-test VM setup fails or its worker dies",
-    expected="what was created is deleted (at once, or by the retry first); teardown idempotent, reports leftovers",
-)
-G_PUBLISH_RETRY = pytest.mark.guarantee(
-    "Azure: publish retried (interrupted, failed, or the version exists)",
-    expected="this run's version adopted (waiting if replicating) or re-made if Failed; another run's refused",
-)
+G_SMOKE_CLEANUP = pytest.mark.guarantee("arm-faults")
+G_PUBLISH_RETRY = pytest.mark.guarantee("publish-retried-azure")
 
 
 @pytest.fixture
@@ -208,6 +202,7 @@ def test_private_mode_uses_the_nics_private_ip_and_no_public_ip(world):
     ({"status": 502, "body": "Bad Gateway"}, "got HTTP 502"),
     ({"never_answers": True}, "no HTTP answer"),
 ])
+@pytest.mark.guarantee("smoke-test-fails")
 def test_a_failing_smoke_test_is_a_failed_verdict_and_leaves_nothing(world, target, behaviour, expected):
     world.emu.set_image_behaviour(f"{IMAGE}-*", **behaviour)
     log = Log()
@@ -346,10 +341,7 @@ def test_publish_waits_for_a_version_of_this_run_still_replicating(world, target
     az.close()
 
 
-@pytest.mark.guarantee(
-    "Azure: replication exceeds the publish deadline",
-    expected="clear error naming the deadline; the retry adopts the same version (one PUT), nothing duplicated",
-)
+@pytest.mark.guarantee("arm-faults")
 def test_replication_past_the_deadline_fails_clearly_and_the_retry_adopts_it(world, target):
     emu = world.emu
     emu.faults.slow_replication(3.0)
@@ -391,6 +383,7 @@ def test_a_version_of_another_run_is_an_error_unless_replace_existing(world, tar
     assert world.emu.get(version_id(world))["tags"]["dag_run_id"] == RUN_ID
 
 
+@pytest.mark.guarantee("smoke-test-fails")
 def test_publish_refuses_an_image_that_failed_its_smoke_test(world, target):
     with pytest.raises(AzureTargetError, match="smoke test did not pass"):
         target.publish(record(world, passed=False), Log())
@@ -420,6 +413,7 @@ def seed_version(world: AzureWorld, target: AzureTarget, version: str, *, publis
     return v.id
 
 
+@pytest.mark.guarantee("prune-safety")
 def test_prune_keeps_the_newest_and_every_protected_version_and_deletes_the_rest(world, target):
     emu = world.emu
     other_rg = "rg-other-team"
@@ -460,6 +454,28 @@ def test_prune_keeps_the_newest_and_every_protected_version_and_deletes_the_rest
     # intermediate images of deleted and of published (Succeeded) versions are gone; not someone else's
     assert images == ["theirs-2026-1002-200000"]
     assert target.prune(IMAGE, 2, protect={VERSION}, dry_run=False, log=Log()) == []  # nothing more to do
+
+
+def test_prune_keeps_a_backfills_rebuild_for_protect_days_and_says_why(world, target):
+    now = datetime.now(UTC)
+    recent = (now - timedelta(days=2)).isoformat(timespec="seconds")
+    seed_version(world, target, "2026.1001.200000", tags={"rebuilt_at": recent})       # rebuilt 2 days ago: kept
+    seed_version(world, target, "2026.1002.200000",
+                 tags={"rebuilt_at": (now - timedelta(days=30)).isoformat(timespec="seconds")})  # long ago: deleted
+    seed_version(world, target, "2026.1003.200000")                                     # never rebuilt: deleted
+    seed_version(world, target, "2026.1004.200000")                                     # the newest
+    log = Log()
+    assert target.prune(IMAGE, 1, protect=set(), dry_run=True, log=log, backfill_protect_days=7) == [
+        "2026.1002.200000", "2026.1003.200000"]
+    log = Log()
+    deleted = target.prune(IMAGE, 1, protect=set(), dry_run=False, log=log, backfill_protect_days=7)
+    assert deleted == ["2026.1002.200000", "2026.1003.200000"]
+    assert [v.version for v in target.list_versions(IMAGE)] == ["2026.1001.200000", "2026.1004.200000"]
+    assert (f"keeping 2026.1001.200000: rebuilt by a backfill at {recent}: protected for 7 days after the rebuild "
+            "(catalogue backfill.protect_days)") in log.text()
+    # once the protection is over (here: a shorter protect_days), it is an old version like any other
+    assert target.prune(IMAGE, 1, protect=set(), dry_run=False, log=Log(), backfill_protect_days=1) == [
+        "2026.1001.200000"]
 
 
 def test_prune_with_nothing_published(world, target):

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import find_tool
+
 REPO = Path(__file__).resolve().parents[2]
 PACKER_DIR = REPO / "include" / "packer"
-REAL_PACKER = os.environ.get("BAKERY_REAL_PACKER", "/usr/bin/packer")
+REAL_PACKER = find_tool("packer") or "packer"
 
 # template folder -> (source name, image family, update commands that must precede nginx)
 TEMPLATES = {
@@ -40,11 +42,13 @@ NGINX_INSTALL = {
 }
 DEPROVISION = "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync"
 REQUIRED = ["subscription_id", "location", "managed_image_resource_group_name", "image_version", "dag_run_id",
-            "manifest_path"]
+            "manifest_path", "package_list_path"]
+CAPTURE_SCRIPT = PACKER_DIR / "shared" / "capture-packages.sh"
+PACKAGE_LIST_IN_GUEST = "/tmp/bakery-packages.tsv"  # what capture-packages.sh writes by default
 COMMON_VARIABLES = {
     "client_id", "client_secret", "tenant_id", "subscription_id", "use_azure_cli_auth", "cloud_environment_name",
     "location", "vm_size", "build_resource_group_name", "managed_image_resource_group_name", "image_name",
-    "image_version", "dag_run_id", "manifest_path", "base_image_publisher", "base_image_offer", "base_image_sku",
+    "image_version", "dag_run_id", "manifest_path", "package_list_path", "base_image_publisher", "base_image_offer", "base_image_sku",
     "base_image_version", "plan_name", "plan_product", "plan_publisher",
 }
 
@@ -52,7 +56,7 @@ COMMON_VARIABLES = {
 # in ALL its output, so a short dummy ("x") would mangle every message containing that letter.
 SECRET = "bakery-test-" + secrets.token_hex(16)
 
-pytestmark = pytest.mark.skipif(not os.access(REAL_PACKER, os.X_OK), reason=f"needs the real packer at {REAL_PACKER}")
+pytestmark = pytest.mark.needs_tools("packer")
 
 
 # === running packer ================================================================================
@@ -67,6 +71,7 @@ def base_variables(tmp_path: Path, family: str) -> dict:
         "image_version": "2026.1128.200000",
         "dag_run_id": "scheduled__2026-11-28T02:00:00+00:00",
         "manifest_path": str(tmp_path / "manifest.json"),
+        "package_list_path": str(tmp_path / "packages.tsv"),
     }
 
 
@@ -225,19 +230,24 @@ def check_client_secret_sensitive(template: Path, var_file: Path) -> list[str]:
 
 
 def check_provisioning(template: Path) -> list[str]:
+    """provision.sh updates and installs nginx; then the package list is captured (the shared script)
+    and downloaded; deprovision.sh generalises with waagent as the very last command of the build."""
     problems = []
     script = template / "scripts" / "provision.sh"
-    if not script.is_file():
-        return [f"{template.name}: no scripts/provision.sh"]
+    deprovision = template / "scripts" / "deprovision.sh"
+    for path in (script, deprovision):
+        if not path.is_file():
+            return [f"{template.name}: no scripts/{path.name}"]
+        syntax = subprocess.run(["sh", "-n", str(path)], check=False, capture_output=True, text=True)
+        if syntax.returncode != 0:
+            problems.append(f"{path}: sh -n: {syntax.stderr}")
     cmds = script_lines(script)
-    if not cmds or cmds[-1] != DEPROVISION:
-        problems.append(f"{script}: the last command must be `{DEPROVISION}`, is {cmds[-1] if cmds else None!r}")
+    waagent = DEPROVISION.split()[0]
 
     def first(needle: str) -> int:
         rx = re.compile(re.escape(needle) + r"\b")
         return next((i for i, c in enumerate(cmds) if rx.match(c)), -1)
 
-    last = len(cmds) - 1
     install, enable = first(NGINX_INSTALL[template.name]), first("systemctl enable nginx")
     for needle in TEMPLATES[template.name][2]:
         at = first(needle)
@@ -247,26 +257,51 @@ def check_provisioning(template: Path) -> list[str]:
             problems.append(f"{script}: `{needle}` must come before the nginx install")
     if install < 0:
         problems.append(f"{script}: no `{NGINX_INSTALL[template.name]}`")
-    if enable < 0 or enable < install or enable >= last:
-        problems.append(f"{script}: nginx must be enabled (`systemctl enable nginx`) after installing it, before deprovisioning")
-    if any(DEPROVISION.split()[0] in c for c in cmds[:-1]):
-        problems.append(f"{script}: waagent runs before the last line")
-    syntax = subprocess.run(["sh", "-n", str(script)], check=False, capture_output=True, text=True)
-    if syntax.returncode != 0:
-        problems.append(f"{script}: sh -n: {syntax.stderr}")
+    if enable < 0 or enable < install:
+        problems.append(f"{script}: nginx must be enabled (`systemctl enable nginx`) after installing it")
+    if any(waagent in c for c in cmds):
+        problems.append(f"{script}: deprovisions (waagent), but the package list is captured after it")
+    dcmds = script_lines(deprovision)
+    if not dcmds or dcmds[-1] != DEPROVISION:
+        problems.append(f"{deprovision}: the last command must be `{DEPROVISION}`, is {dcmds[-1] if dcmds else None!r}")
+    if any(waagent in c for c in dcmds[:-1]):
+        problems.append(f"{deprovision}: waagent runs before the last line")
+    if not any(c.startswith("rm ") and PACKAGE_LIST_IN_GUEST in c for c in dcmds):
+        problems.append(f"{deprovision}: the package list {PACKAGE_LIST_IN_GUEST} must not stay in the image (rm it)")
 
-    # The template: the script is the LAST provisioner, run with sudo, and no cleanup after it.
+    # The template: provision.sh, capture, download, deprovision.sh LAST, with sudo; no cleanup after it.
     builds = find(template_blocks(template), "build")
     provisioners = [b for build in builds for b in build.blocks if b.type == "provisioner"]
-    if not provisioners:
-        return problems + [f"{template.name}: no provisioner"]
-    last_prov = provisioners[-1].attrs
-    if provisioners[-1].labels != ["shell"] or "scripts/provision.sh" not in last_prov.get("script", ""):
-        problems.append(f"{template.name}: the last provisioner must be the shell script scripts/provision.sh")
-    if "sudo -E sh" not in last_prov.get("execute_command", ""):
-        problems.append(f"{template.name}: execute_command must run the script with sudo -E sh")
-    if last_prov.get("skip_clean") != "true":
-        problems.append(f"{template.name}: skip_clean must be true (the build user is gone after deprovisioning)")
+
+    def kind(p: Block) -> str:
+        if p.labels == ["shell"]:
+            path = p.attrs.get("script", "")
+            for name, suffix in (("provision", "/scripts/provision.sh"), ("capture", "/../shared/capture-packages.sh"),
+                                 ("deprovision", "/scripts/deprovision.sh")):
+                if path == f'"${{path.root}}{suffix}"':
+                    return name
+            return f"shell {path}"
+        if p.labels == ["file"] and p.attrs.get("direction") == '"download"':
+            return "download"
+        return " ".join(p.labels)
+
+    kinds = [kind(p) for p in provisioners]
+    if kinds != ["provision", "capture", "download", "deprovision"]:
+        problems.append(f"{template.name}: the provisioners must be provision.sh, ../shared/capture-packages.sh, the "
+                        f"file download of the list, deprovision.sh (in this order), are {kinds}")
+    by_kind = {k: p.attrs for k, p in zip(kinds, provisioners)}
+    for name in ("provision", "capture", "deprovision"):
+        if name in by_kind and "sudo -E sh" not in by_kind[name].get("execute_command", ""):
+            problems.append(f"{template.name}: execute_command of the {name} script must run it with sudo -E sh")
+    if by_kind.get("deprovision", {}).get("skip_clean") != "true":
+        problems.append(f"{template.name}: skip_clean must be true on deprovision.sh (the build user is gone after it)")
+    download = by_kind.get("download", {})
+    if download and (download.get("source") != f'"{PACKAGE_LIST_IN_GUEST}"'
+                     or download.get("destination") != "var.package_list_path"):
+        problems.append(f"{template.name}: the download must fetch {PACKAGE_LIST_IN_GUEST} to var.package_list_path, "
+                        f"is {download.get('source')} -> {download.get('destination')}")
+    if f'out="${{1:-{PACKAGE_LIST_IN_GUEST}}}"' not in CAPTURE_SCRIPT.read_text():
+        problems.append(f"{CAPTURE_SCRIPT} no longer writes {PACKAGE_LIST_IN_GUEST} by default")
     return problems
 
 
@@ -411,8 +446,18 @@ def test_client_secret_is_sensitive(template, var_file):
     assert check_client_secret_sensitive(template, var_file) == []
 
 
-def test_provisioning_updates_installs_nginx_and_deprovisions_last(template):
+def test_provisioning_updates_installs_nginx_captures_packages_and_deprovisions_last(template):
     assert check_provisioning(template) == []
+
+
+def test_package_list_download_goes_to_the_variable(template, var_file, variables):
+    builds = find(template_blocks(template), "build")
+    (download,) = [b for build in builds for b in build.blocks if b.type == "provisioner" and b.labels == ["file"]]
+    assert console(template, var_file, download.attrs["destination"]) == variables["package_list_path"]
+    capture = [b for build in builds for b in build.blocks
+               if b.type == "provisioner" and "capture-packages.sh" in b.attrs.get("script", "")]
+    script = console(template, var_file, capture[0].attrs["script"])
+    assert Path(script).resolve() == CAPTURE_SCRIPT.resolve()  # the shared script, which the template digest covers
 
 
 def test_azure_tags_name_the_image_version_and_dag_run(template, var_file, variables):
@@ -497,20 +542,37 @@ def test_control_sensitive_check_catches_a_plain_client_secret(template, tmp_pat
     assert any("printed the secret" in p for p in problems)
 
 
-@pytest.mark.parametrize("defect", ["command-after-deprovision", "no-update", "nginx-not-enabled", "no-skip-clean"])
+@pytest.mark.parametrize("defect", ["command-after-deprovision", "no-update", "nginx-not-enabled", "no-skip-clean",
+                                    "deprovision-in-provision", "download-after-deprovision", "no-capture",
+                                    "list-left-in-image"])
 def test_control_provisioning_check_catches(template, tmp_path, defect):
     update = TEMPLATES[template.name][2][0]
+    hcl = f"{template.name}.pkr.hcl"
 
     def edit(c: Path) -> None:
-        script = c / "scripts" / "provision.sh"
+        script, deprovision = c / "scripts" / "provision.sh", c / "scripts" / "deprovision.sh"
         if defect == "command-after-deprovision":
-            script.write_text(script.read_text() + "echo done\n")
+            deprovision.write_text(deprovision.read_text() + "echo done\n")
         elif defect == "no-update":
             replace_in(script, f"\n{update}\n", "\n")
         elif defect == "nginx-not-enabled":
             replace_in(script, "\nsystemctl enable nginx.service\n", "\n")
+        elif defect == "no-skip-clean":
+            replace_in(c / hcl, "skip_clean      = true", "skip_clean      = false")
+        elif defect == "deprovision-in-provision":  # the old layout: deprovision at the end of provision.sh
+            script.write_text(script.read_text() + DEPROVISION + "\n")
+        elif defect == "download-after-deprovision":
+            text = (c / hcl).read_text()
+            start = text.index('  provisioner "file" {')
+            end = text.index("  }\n", start) + 4
+            block = text[start:end]
+            text = text[:start] + text[end:]
+            at = text.index("  post-processor")
+            (c / hcl).write_text(text[:at] + block + "\n" + text[at:])
+        elif defect == "no-capture":
+            replace_in(c / hcl, "${path.root}/../shared/capture-packages.sh", "${path.root}/scripts/provision.sh")
         else:
-            replace_in(c / f"{template.name}.pkr.hcl", "skip_clean = true", "skip_clean = false")
+            replace_in(deprovision, "rm -f /tmp/bakery-packages.tsv", ": keep")
 
     assert check_provisioning(broken_copy(template, tmp_path, edit)) != []
 

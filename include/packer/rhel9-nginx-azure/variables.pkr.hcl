@@ -1,7 +1,7 @@
 // Inputs of the rhel9-nginx-azure image family (Azure target: Packer azure-arm builder).
 //
 // Required (no default): subscription_id, location, managed_image_resource_group_name,
-// image_version, dag_run_id, manifest_path. Everything else has a default.
+// image_version, dag_run_id, manifest_path, package_list_path. Everything else has a default.
 // The product writes the plain values into a JSON var-file and passes client_secret ONLY as the
 // environment variable PKR_VAR_client_secret: never on the command line, never in a file.
 //
@@ -126,6 +126,11 @@ variable "dag_run_id" {
 variable "manifest_path" {
   type        = string
   description = "Where the manifest post-processor writes its JSON (artifact id = managed image id, packer run uuid, custom_data)."
+}
+
+variable "package_list_path" {
+  type        = string
+  description = "Where Packer downloads the build VM's installed package list (../shared/capture-packages.sh, run before deprovisioning): the version's package manifest, SBOM and manifest digest tag."
 }
 
 // --- Base image: AlmaLinux 9 (RHEL 9 rebuild) from the Azure Marketplace -----------------------

@@ -67,9 +67,7 @@ source "azure-arm" "ubuntu2404" {
 build {
   sources = ["source.azure-arm.ubuntu2404"]
 
-  // Update, nginx, generalise. The script deprovisions the VM (waagent -deprovision+user) as its
-  // very last step, which deletes the build user: nothing may run after it, and Packer must not try
-  // to clean up over SSH afterwards (skip_clean; the script removes itself instead).
+  // 1. Update, nginx, /etc/bakery-release: what the image contains.
   provisioner "shell" {
     script          = "${path.root}/scripts/provision.sh"
     execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
@@ -78,7 +76,28 @@ build {
       "BAKERY_IMAGE_VERSION=${var.image_version}",
       "DEBIAN_FRONTEND=noninteractive",
     ]
-    skip_clean = true
+  }
+
+  // 2. The installed package set (dpkg), captured after the last package change and before
+  // deprovisioning (nothing can log in after it): the version's manifest, SBOM and digest tag.
+  provisioner "shell" {
+    script          = "${path.root}/../shared/capture-packages.sh"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
+  }
+
+  provisioner "file" {
+    direction   = "download"
+    source      = "/tmp/bakery-packages.tsv"
+    destination = var.package_list_path
+  }
+
+  // 3. Generalise. The script deprovisions the VM (waagent -deprovision+user) as its very last
+  // step, which deletes the build user: nothing may run after it, and Packer must not try to clean
+  // up over SSH afterwards (skip_clean; the script removes itself instead).
+  provisioner "shell" {
+    script          = "${path.root}/scripts/deprovision.sh"
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
+    skip_clean      = true
   }
 
   post-processor "manifest" {

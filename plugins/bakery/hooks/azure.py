@@ -282,11 +282,12 @@ class AzureImageHook(AzureBaseHook):
         return self.clients()
 
     def clients(self) -> AzureClients:
-        """Compute, network and resource clients for the connection's (or the override) subscription."""
+        """Compute, network and resource clients for the connection's (or the override) subscription;
+        blob containers (the versions' SBOMs) through the Azure provider's WasbHook, when asked."""
         settings = self.arm_settings()
         self.log.info("Azure Resource Manager %s, subscription %s", settings.resource_manager_endpoint,
                       settings.subscription_id)
-        return make_clients(self.explained(self.get_credential()), settings)
+        return make_clients(self.explained(self.get_credential()), settings, blob_container=sbom_container)
 
     # --- Packer --------------------------------------------------------------------------------
     def packer_variables(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -307,3 +308,44 @@ class AzureImageHook(AzureBaseHook):
         plain.update(client_id="", tenant_id="", use_azure_cli_auth=_truthy(self._extra("use_azure_cli_auth") or False))
         return plain, {}
 
+
+def sbom_container(conn_id: str, container: str) -> Any:
+    """The blob container ``container`` (an ``azure.storage.blob.ContainerClient``) of the Airflow
+    ``wasb`` connection ``conn_id``, through the Azure provider's ``WasbHook`` (every auth it knows:
+    connection string, account key, SAS token, service principal, managed identity).
+
+    The catalogue's ``azure.sbom`` block names both; the Azure target uploads each version's SBOM and
+    package manifest with it and reads the previous version's manifest back.
+    """
+    from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        service = WasbHook(wasb_conn_id=conn_id).get_conn()
+    except AirflowNotFoundException:
+        raise AzureConnectionMissing(
+            f"the Airflow connection {conn_id!r} is not defined (the image's catalogue field azure.sbom.conn_id "
+            f"names it): create it as a connection of type wasb (Azure Blob Storage), e.g. with extra "
+            "{\"connection_string\": \"...\"} or login (storage account) + password (account key), or the "
+            f"environment variable AIRFLOW_CONN_{conn_id.upper().replace('-', '_').replace('.', '_')}; "
+            "see docs/azure.md, section SBOM"
+        ) from None
+    return _OwnedContainer(service.get_container_client(container), service)
+
+
+class _OwnedContainer:
+    """A ``ContainerClient`` that also closes the ``BlobServiceClient`` it came from (a container client
+    made by ``get_container_client`` shares the service's connection pool and does not close it)."""
+
+    def __init__(self, container: Any, service: Any) -> None:
+        self._container = container
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+    def close(self) -> None:
+        try:
+            self._container.close()
+        finally:
+            self._service.close()

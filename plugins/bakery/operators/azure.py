@@ -7,6 +7,7 @@ the SDK) is imported inside ``execute``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -25,12 +26,18 @@ class AzurePackerOperator(PackerOperator):
     ``subscription_id``, ``tenant_id``, ``client_id``, ``use_azure_cli_auth`` and
     ``cloud_environment_name`` are plain variables; ``client_secret`` is only ever a sensitive
     variable (``PKR_VAR_client_secret`` in Packer's environment, masked in the task log).
+
+    For ``build``, the package list the template downloaded from the build VM (before it was
+    deprovisioned) becomes the version's package manifest (``bakery.bake.capture_manifest``); the
+    XCom gains ``packages`` (manifest path, digest, count, family), as for the local target.
     """
 
-    def __init__(self, *, conn_id: str, subscription_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, conn_id: str, subscription_id: str | None = None, prepare_task_id: str = "prepare",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.subscription_id = subscription_id
+        self.prepare_task_id = prepare_task_id
         self._sensitive: dict[str, str] | None = None
 
     def _auth(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -46,7 +53,18 @@ class AzurePackerOperator(PackerOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         self._sensitive = None  # read the connection on every try (it may have been fixed meanwhile)
-        return super().execute(context)
+        if self.command != "build":
+            return super().execute(context)
+        prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+        if not prepared or "record" not in prepared:
+            raise RuntimeError(f"no bake record from task {self.prepare_task_id!r}")
+        record = prepared["record"]
+        listing = (record.get("packages") or {}).get("list")
+        if listing:  # a list left by an earlier try must never pass for this build's
+            Path(listing).unlink(missing_ok=True)
+        result = super().execute(context)
+        _, packages = bake.capture_manifest(record, self.log.info)
+        return {**result, "packages": packages}
 
 
 def _record(context: Any, task_id: str) -> BakeRecord:

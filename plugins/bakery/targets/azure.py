@@ -17,17 +17,26 @@ What it creates and deletes (all names deterministic, see docs/azure.md):
   created_at`` (so that people and a janitor can find them and judge their age).
   Teardown deletes by name and by tag, in dependency order, treating 404 as done: idempotent.
 * **publish**: a gallery image version ``<version>`` from the managed image, with the catalogue's
-  target regions / replicas / storage type / end of life / exclude-from-latest and provenance tags;
-  replication progress per region is logged while the operation runs. Idempotent: a version from the
-  same run (same ``dag_run_id`` and ``packer_run_uuid`` tags) is adopted.
-* **prune**: keeps the N newest versions and every protected one (see :func:`plan_prune`), deletes the
-  rest with bounded concurrency, then deletes the intermediate managed images whose gallery version
-  is published (``Succeeded``) or was just deleted: the gallery holds its own copy of the image.
+  target regions / replicas / storage type / end of life / exclude-from-latest and provenance tags
+  (:meth:`AzureTarget.version_tags`: run ids, template / base / variables / package manifest digests,
+  where the packages came from, ``rebuilt_at`` for a backfill); replication progress per region is
+  logged while the operation runs. With the catalogue's ``azure.sbom`` block, the version's CycloneDX
+  SBOM and package manifest go to that blob container first (``<image>/<version>/sbom.cdx.json``,
+  ``<image>/<version>/packages.json``, overwritten on a retry), and the package diff to the previous
+  version (its ``packages.json``) is logged. Idempotent: a version from the same run (same
+  ``dag_run_id`` and ``packer_run_uuid`` tags) is adopted.
+* **prune**: keeps the N newest versions and every protected one (see :func:`plan_prune`; a backfill's
+  rebuild for ``backfill.protect_days`` after its ``rebuilt_at``), deletes the rest with bounded
+  concurrency, then deletes the intermediate managed images whose gallery version is published
+  (``Succeeded``) or was just deleted: the gallery holds its own copy of the image. SBOM blobs stay
+  (an audit trail; expire them with a lifecycle rule on the container if wanted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 import threading
 import time
@@ -41,6 +50,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from bakery.http_check import poll_http
+from bakery.packages.manifest import MANIFEST_NAME, SBOM_NAME, Manifest, ManifestError, diff, format_diff
 from bakery.record import BakeRecord, SmokeResult
 from bakery.targets.base import Log, PublishedVersion, SmokeCheck
 from bakery.versioning import VersionError, parse_version, version_key
@@ -60,6 +70,14 @@ TAG_PACKER = "packer_run_uuid"
 TAG_DIGEST = "template_digest"
 TAG_SMOKE = "smoke_test"
 TAG_PINNED = "pinned"
+# what bake.check_changes compares with the next run, and where the packages came from
+TAG_BASE = "base_digest"
+TAG_VARIABLES = "variables_digest"
+TAG_MANIFEST = "manifest_digest"  # the digest of the version's package manifest (packages.json)
+TAG_INPUTS = "inputs"  # pool@<version> | snapshot@<timestamp> | current@<time> (Azure: always current@)
+TAG_REBUILT = "rebuilt_at"  # ISO time a backfill rebuilt this (past) version: prune protects it a while
+TAG_VALUE_MAX = 256  # Azure's limit on a tag value
+DIFF_LOOKBACK = 10  # how many lower versions publish tries for a package manifest to diff with
 
 
 class AzureTargetError(RuntimeError):
@@ -87,6 +105,14 @@ def _error_text(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def _storage_error(exc: BaseException) -> str:
+    """A Blob Storage error as ``<ErrorCode>: <first line of its message>``."""
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code)
+    message = (str(getattr(exc, "message", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{code}: {message.rstrip('.')}" if code else message.rstrip(".")
+
+
 def _text(value: Any) -> str:
     """An SDK enum (``OperatingSystemTypes.LINUX``) or a string, as ARM's string (``Linux``)."""
     return str(getattr(value, "value", value) if value is not None else "")
@@ -94,6 +120,11 @@ def _text(value: Any) -> str:
 
 def _tags(obj: Any) -> dict[str, str]:
     return dict(getattr(obj, "tags", None) or {})
+
+
+def blob_names(image: str, version: str) -> tuple[str, str]:
+    """(SBOM, package manifest) blob names of a version in the catalogue's ``azure.sbom`` container."""
+    return f"{image}/{version}/{SBOM_NAME}", f"{image}/{version}/{MANIFEST_NAME}"
 
 
 @dataclass(frozen=True)
@@ -146,6 +177,7 @@ class VersionFacts:
     end_of_life: datetime | None = None
     source_id: str | None = None
     id: str = ""
+    rebuilt_at: str = ""  # the tag rebuilt_at (ISO time) of a version a backfill rebuilt; "" if none
 
 
 @dataclass
@@ -156,14 +188,17 @@ class PrunePlan:
 
 def plan_prune(
     versions: Iterable[VersionFacts], keep: int, *, protect: Iterable[str] = (), min_age_hours: float = 0.0,
-    now: datetime | None = None,
+    now: datetime | None = None, backfill_protect_days: float = 0.0,
 ) -> PrunePlan:
     """Which versions to delete: all but the ``keep`` newest (numerically), except protected ones.
 
     Never deleted: the highest version; one in ``protect`` (the one just published); one tagged
-    ``pinned=true``; one still being created/updated/deleted; one younger than ``min_age_hours``
-    (or of unknown age); one Azure would refuse to delete (safetyProfile: deletion of replicated
-    locations not allowed and more than one region, or deletion blocked before its end of life).
+    ``pinned=true``; one a backfill rebuilt less than ``backfill_protect_days`` ago (tag
+    ``rebuilt_at``; its number is old, so keep-N-newest alone would delete it at once; a tag that is
+    not an ISO time keeps the version too); one still being created/updated/deleted; one younger
+    than ``min_age_hours`` (or of unknown age); one Azure would refuse to delete (safetyProfile:
+    deletion of replicated locations not allowed and more than one region, or deletion blocked
+    before its end of life).
     """
     if keep < 1:
         raise ValueError(f"prune: keep must be at least 1, got {keep}")
@@ -182,6 +217,9 @@ def plan_prune(
             reason = f"one of the {keep} newest"
         elif v.pinned:
             reason = "pinned (tag pinned=true)"
+        elif v.rebuilt_at and backfill_protect_days > 0 and (why := _rebuilt_reason(v.rebuilt_at, now,
+                                                                                   backfill_protect_days)):
+            reason = why
         elif v.state.lower() in _IN_PROGRESS:
             reason = f"provisioning state {v.state}: an operation is still running on it"
         elif v.published is None:
@@ -200,6 +238,20 @@ def plan_prune(
         else:
             plan.keep[v.name] = reason
     return plan
+
+
+def _rebuilt_reason(tag: str, now: datetime, days: float) -> str | None:
+    """Why a version rebuilt by a backfill (tag ``rebuilt_at``) is kept, or None once protection ended."""
+    try:
+        rebuilt = _aware(tag)
+    except (TypeError, ValueError):
+        return (f"its tag {TAG_REBUILT}={tag!r} is not an ISO time: kept, as it may be a backfill's rebuild "
+                f"younger than {days:g} days (fix or remove the tag)")
+    if rebuilt is not None and now - rebuilt < timedelta(days=days):
+        return (f"rebuilt by a backfill at {rebuilt.isoformat(timespec='seconds')}: protected for {days:g} days "
+                f"after the rebuild (catalogue backfill.protect_days), until "
+                f"{(rebuilt + timedelta(days=days)).isoformat(timespec='seconds')}")
+    return None
 
 
 def _aware(value: Any) -> datetime | None:
@@ -243,6 +295,8 @@ class AzureTarget:
         self._clients = clients
         self._resolved: Any = None
         self._lock = threading.Lock()
+        self._container: Any = None  # the azure.sbom blob container client (made on first use)
+        self._container_lock = threading.Lock()
         self.progress_interval = progress_interval
         self.alive_interval = alive_interval
         self.publish_timeout = publish_timeout  # how long publish waits for replication
@@ -264,9 +318,35 @@ class AzureTarget:
         return self.az.subscription_id
 
     def close(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
         if self._resolved is not None and callable(self._clients):
             self._resolved.close()
             self._resolved = None
+
+    def blob_container(self) -> Any:
+        """The blob container of the catalogue's ``azure.sbom`` block (a ``ContainerClient``), or None
+        without one. Made on first use by the clients' ``blob_container`` factory (the Airflow side
+        builds it from the wasb connection through the provider's WasbHook)."""
+        ref = getattr(self.cfg, "sbom", None)
+        if ref is None:
+            return None
+        with self._container_lock:
+            if self._container is None:
+                factory = getattr(self.az, "blob_container", None)
+                if factory is None:
+                    raise AzureTargetError(
+                        f"the catalogue's azure.sbom names blob container {ref.container!r} (connection "
+                        f"{ref.conn_id!r}), but the Azure target was given no blob storage client "
+                        "(AzureClients.blob_container): build the clients with bakery.hooks.azure.AzureImageHook")
+                self._container = factory(ref.conn_id, ref.container)
+            return self._container
+
+    def _blob_where(self) -> str:
+        ref = self.cfg.sbom
+        return f"blob container {ref.container!r} (wasb connection {ref.conn_id!r})"
 
     def _gallery(self) -> tuple[str, str, str]:
         g = self.cfg.gallery
@@ -333,6 +413,14 @@ class AzureTarget:
         vnet_rg, vnet, subnet = cfg.smoke_test.subnet_id_parts
         need(f"subnet {vnet}/{subnet} (resource group {vnet_rg})", "smoke_test.subnet",
              lambda: az.network.subnets.get(vnet_rg, vnet, subnet))
+        if getattr(cfg, "sbom", None) is not None:
+            try:
+                if not self.blob_container().exists():
+                    problems.append(f"{self._blob_where()} does not exist (catalogue field azure.sbom.container): "
+                                    "create it (docs/azure.md, SBOM) or fix the catalogue")
+            except Exception as exc:  # noqa: BLE001 - reported with the other problems, all at once
+                problems.append(f"{self._blob_where()} cannot be reached (catalogue field azure.sbom): "
+                                f"{_storage_error(exc)}")
         if problems:
             raise AzureTargetError("the Azure resources of image " + repr(self.spec.name) + " are not ready:\n  - "
                                    + "\n  - ".join(problems))
@@ -608,6 +696,10 @@ class AzureTarget:
 
     # --- publish -------------------------------------------------------------------------------
     def version_tags(self, record: BakeRecord) -> dict[str, str]:
+        """The gallery image version's tags: provenance, and what ``bake.check_changes`` compares
+        (``template_digest``, ``base_digest``, ``variables_digest``) plus ``manifest_digest`` (its package
+        set), ``inputs`` (where the packages came from) and, for a backfill, ``rebuilt_at``. The optional
+        ones only when the record has them. Every value fits Azure's 256 characters (digests are 71)."""
         smoke = record.smoke or {}
         tags = {
             "image": record.image, "version": record.version, "managed_by": MANAGED_BY,
@@ -616,7 +708,16 @@ class AzureTarget:
             TAG_SMOKE: "passed" if smoke.get("passed") else "failed",
             "smoke_test_seconds": f"{smoke.get('seconds', '')}",
         }
-        return {k: str(v)[:256] for k, v in tags.items()}
+        optional = {
+            TAG_BASE: record.base_digest,
+            TAG_VARIABLES: record.variables_digest,
+            TAG_MANIFEST: (record.packages or {}).get("digest"),
+            TAG_INPUTS: (record.inputs or {}).get("label"),
+        }
+        tags.update({k: v for k, v in optional.items() if v})
+        if record.run_type == "backfill":
+            tags[TAG_REBUILT] = self.now().astimezone(UTC).isoformat(timespec="seconds")
+        return {k: str(v)[:TAG_VALUE_MAX] for k, v in tags.items()}
 
     def version_body(self, record: BakeRecord) -> dict[str, Any]:
         cfg = self.cfg
@@ -659,6 +760,7 @@ class AzureTarget:
             raise AzureTargetError(f"publish: the record has no managed image id (artifact_id={record.artifact_id!r})")
         g_rg, g_name, g_def = self._gallery()
         where = f"{g_name}/{g_def}/{record.version}"
+        manifest = self._record_manifest(record)  # before anything is made: a bad manifest fails here
         existing = self._get_version(record.version)
         if existing is not None:
             tags = _tags(existing)
@@ -670,6 +772,7 @@ class AzureTarget:
                 existing = self._wait_version(record.version, log, self.publish_timeout)
                 state = _text(existing.provisioning_state)
             if same and state.lower() == "succeeded":
+                self._store_packages(record, manifest, log)  # the earlier try may have stopped before it
                 log(f"publish: {where} is already published by this run: nothing to do")
                 return existing.id
             if same:
@@ -685,6 +788,8 @@ class AzureTarget:
             else:
                 log(f"publish: replacing {where} of DAG run {tags.get(TAG_RUN)!r} (replace_existing=true)")
                 self._delete_version(record.version)
+        # the SBOM and manifest first: a version never exists without them (a retry overwrites them)
+        self._store_packages(record, manifest, log)
         body = self.version_body(record)
         regions = ", ".join(f"{r['name']} x{r['regionalReplicaCount']} ({r['storageAccountType']})"
                             for r in body["properties"]["publishingProfile"]["targetRegions"])
@@ -701,8 +806,96 @@ class AzureTarget:
         result = poller.result()
         if _text(result.provisioning_state).lower() != "succeeded":
             raise AzureTargetError(f"publish: {where} ended {_text(result.provisioning_state)}")
-        log(f"publish: {where} published in {time.monotonic() - started:.1f}s: {result.id}")
+        log(f"publish: {where} published in {time.monotonic() - started:.1f}s: {result.id} (packages from "
+            f"{(record.inputs or {}).get('label', 'unrecorded inputs')}"
+            f"{', rebuilt by a backfill' if record.run_type == 'backfill' else ''})")
+        if manifest is not None:
+            self._log_diff(record.image, record.version, manifest, log)
         return result.id
+
+    # --- package manifest and SBOM (Blob Storage) ---------------------------------------------------
+    @staticmethod
+    def _record_manifest(record: BakeRecord) -> Manifest | None:
+        """The package manifest the build captured (None: the record has none), checked against
+        the digest the build recorded."""
+        packages = record.packages or {}
+        path = packages.get("manifest")
+        if not path:
+            return None
+        try:
+            manifest = Manifest.load(path)
+        except (OSError, ManifestError, ValueError) as exc:
+            raise AzureTargetError(
+                f"publish: cannot read the package manifest {path} of {record.image} {record.version} ({exc}). "
+                "The build task writes it into the bakery's work folder ($BAKERY_HOME/work): the build and "
+                "publish tasks of one run must see the same work folder (one worker, or a shared volume)"
+            ) from None
+        if packages.get("digest") and manifest.digest != packages["digest"]:
+            raise AzureTargetError(f"publish: the package manifest {path} changed since the build "
+                                   f"({packages['digest']} -> {manifest.digest})")
+        return manifest
+
+    def _sbom(self, record: BakeRecord, manifest: Manifest) -> str:
+        from bakery.packages.sbom import build_sbom, validate_sbom
+
+        props = {"bakery:inputs": (record.inputs or {}).get("label", ""), "bakery:manifest-digest": manifest.digest,
+                 "bakery:template-digest": record.template_digest, "bakery:base-digest": record.base_digest or "",
+                 "bakery:dag-run-id": record.dag_run_id or "", "bakery:target": "azure"}
+        text = build_sbom(manifest, image=record.image, version=record.version, created=self.now(), properties=props)
+        validate_sbom(text)  # never store a document that is not CycloneDX
+        return text
+
+    def _store_packages(self, record: BakeRecord, manifest: Manifest | None, log: Log) -> None:
+        """Upload the version's SBOM, then its package manifest (so a manifest blob implies the SBOM)
+        to the ``azure.sbom`` container; overwrite: a retry of the same run writes the same package set.
+        Without an ``azure.sbom`` block or without a manifest: log why nothing is stored."""
+        container = self.blob_container()
+        if manifest is None:
+            log(f"publish: the record of {record.image} {record.version} has no package manifest: no SBOM stored")
+            return
+        if container is None:
+            log(f"publish: no azure.sbom block in the catalogue: the SBOM and package manifest of {record.version} "
+                f"are not stored ({len(manifest)} packages; tag {TAG_MANIFEST}={manifest.digest} names the set)")
+            return
+        sbom_blob, manifest_blob = blob_names(record.image, record.version)
+        stored = self.manifest(record.image, record.version)
+        if stored is not None and stored.digest == manifest.digest:
+            log(f"publish: the SBOM and package manifest of {record.version} are already in {self._blob_where()}")
+            return
+        from azure.storage.blob import ContentSettings
+
+        metadata = {"image": record.image, "version": record.version, "manifest_digest": manifest.digest,
+                    "dag_run_id": record.dag_run_id or ""}
+        for name, text in ((sbom_blob, self._sbom(record, manifest)), (manifest_blob, manifest.to_json())):
+            try:
+                container.upload_blob(name, text.encode(), overwrite=True, metadata=metadata,
+                                      content_settings=ContentSettings(content_type="application/json"))
+            except Exception as exc:
+                why = _storage_error(exc)
+                hint = ("create the container (docs/azure.md, SBOM)" if why.startswith("ContainerNotFound")
+                        else "check the wasb connection's credentials and the account's network rules")
+                raise AzureTargetError(f"publish: could not upload {name} to {self._blob_where()}: {why}; {hint}. "
+                                       "The version is not published yet: a retry uploads again") from exc
+        log(f"publish: SBOM (CycloneDX, {len(manifest)} packages) and package manifest stored in "
+            f"{self._blob_where()}: {sbom_blob}, {manifest_blob}")
+
+    def _log_diff(self, image: str, version: str, manifest: Manifest, log: Log) -> None:
+        """The package diff to the previous version (the next lower one with a manifest, as for the
+        local target: for a backfill, the version before its date)."""
+        if self.blob_container() is None:
+            log(f"packages of {version}: {len(manifest)} (no azure.sbom block: no earlier manifest to compare with)")
+            return
+        lower = [f.name for f in self._facts() if version_key(f.name) < version_key(version)]
+        for prev in reversed(lower[-DIFF_LOOKBACK:]):
+            try:
+                old = self.manifest(image, prev)
+                if old is not None:
+                    log(format_diff(diff(old, manifest), prev, version, limit=200))
+                    return
+            except (AzureTargetError, ManifestError) as exc:
+                log(f"packages: cannot compare with {prev}: {exc}")
+        log(f"packages of {version}: {len(manifest)} (no earlier version with a package manifest in "
+            f"{self._blob_where()} to compare with)")
 
     def _follow_replication(self, version: str, poller: Any, log: Log, deadline: float) -> bool:
         """Log replication progress until the LRO is done (True) or the deadline passes (False)."""
@@ -777,16 +970,50 @@ class AzureTarget:
                 end_of_life=_aware(getattr(profile, "end_of_life_date", None)),
                 source_id=source,
                 id=v.id,
+                rebuilt_at=_tags(v).get(TAG_REBUILT, ""),
             ))
         return sorted(out, key=lambda f: version_key(f.name))
 
     def published(self, image: str, version: str) -> dict[str, Any] | None:
-        """The gallery image version's bakery tags as metadata (None: no such version)."""
+        """What the gallery image version records, shaped like the local target's metadata: its tags,
+        with the digests (``template_digest``, ``base_digest``, ``variables_digest``,
+        ``manifest_digest``) and ``rebuilt_at`` None when absent, ``inputs`` as ``{"label": ...}``,
+        ``created`` (its publish date), ``published_id`` and ``provisioning_state``. None: no such
+        version, or one whose creation Failed (nothing usable is published under that number)."""
         v = self._get_version(version)
-        return None if v is None else dict(getattr(v, "tags", None) or {})
+        if v is None:
+            return None
+        state = _text(getattr(v, "provisioning_state", None)) or "Succeeded"
+        if state.lower() == "failed":
+            return None
+        tags = _tags(v)
+        meta: dict[str, Any] = dict(tags)
+        for key in (TAG_DIGEST, TAG_BASE, TAG_VARIABLES, TAG_MANIFEST, TAG_REBUILT):
+            meta[key] = tags.get(key) or None
+        meta["inputs"] = {"label": tags[TAG_INPUTS]} if tags.get(TAG_INPUTS) else None
+        when = _aware(getattr(getattr(v, "publishing_profile", None), "published_date", None))
+        meta["created"] = when.isoformat(timespec="seconds") if when else ""
+        meta["published_id"] = v.id
+        meta["provisioning_state"] = state
+        return meta
 
-    def manifest(self, image: str, version: str) -> Any:
-        return None  # the manifest of an Azure version lives in Blob Storage (not read back yet)
+    def manifest(self, image: str, version: str) -> Manifest | None:
+        """The version's package manifest from the ``azure.sbom`` container (``<image>/<version>/
+        packages.json``); None without an ``azure.sbom`` block or when the blob does not exist."""
+        container = self.blob_container()
+        if container is None:
+            return None
+        _, name = blob_names(image, version)
+        try:
+            data = container.download_blob(name).readall()
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None
+            raise AzureTargetError(f"cannot read {name} from {self._blob_where()}: {_storage_error(exc)}") from exc
+        try:
+            return Manifest.from_dict(json.loads(data))
+        except (ValueError, ManifestError) as exc:
+            raise AzureTargetError(f"{name} in {self._blob_where()} is not a bakery package manifest: {exc}") from None
 
     def list_versions(self, image: str) -> list[PublishedVersion]:
         return [PublishedVersion(image=image, version=f.name,
@@ -809,7 +1036,8 @@ class AzureTarget:
             log(f"prune {image}: no gallery image versions")
             return []
         min_age = float(self.cfg.prune_min_age_hours)
-        plan = plan_prune(facts, keep, protect=protect, min_age_hours=min_age, now=self.now())
+        plan = plan_prune(facts, keep, protect=protect, min_age_hours=min_age, now=self.now(),
+                          backfill_protect_days=backfill_protect_days)
         for name, why in plan.keep.items():
             log(f"prune {image}: keeping {name}: {why}")
         doomed = plan.delete

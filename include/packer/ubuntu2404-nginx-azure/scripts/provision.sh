@@ -6,8 +6,10 @@
 #   2. apt-get update, full-upgrade   every package up to date (the nightly patch-rebake)
 #   3. install + enable nginx      and check it serves its page (the smoke test checks it again)
 #   4. /etc/bakery-release         which image, which version, when
-#   5. clean up, generalise
-#   6. waagent deprovision         LAST: it deletes the build user, nothing can run after it
+#   5. clean up packages           (the package set is final after this script)
+#
+# Then the template runs ../../shared/capture-packages.sh (the dpkg package list, downloaded by
+# Packer) and scripts/deprovision.sh (generalise, waagent deprovision LAST).
 #
 # Inputs (environment): BAKERY_IMAGE_NAME, BAKERY_IMAGE_VERSION (the template passes them).
 set -eu
@@ -73,16 +75,4 @@ log "cleaning packages"
 apt_get autoremove --purge
 apt-get clean
 rm -rf /var/lib/apt/lists/*
-
-# cloud-init provisions the VMs made from this image: forget this boot so that it runs again.
-if command -v cloud-init >/dev/null 2>&1; then
-  log "cloud-init clean"
-  cloud-init clean --logs
-fi
-
-# The template sets skip_clean (Packer cannot log in to remove this script once the build user is
-# gone), so the script removes itself; the shell keeps reading it from the open file.
-rm -f -- "$0"
-
-log "deprovisioning (waagent): removes the build user, SSH host keys, DHCP leases; generalises"
-/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync
+log "done: the package list is captured next, then deprovision.sh generalises"
