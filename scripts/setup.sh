@@ -8,6 +8,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 APT_PACKAGES=(packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs openssh-client curl
               ca-certificates python3 python3-venv procps)
+# what only the tests need (scripts/test.sh sets BAKERY_TEST_TOOLS=1): PostgreSQL for the tests that
+# run the Airflow scheduler (SQLite refuses a backfill while the scheduler writes)
+if [ "${BAKERY_TEST_TOOLS:-0}" = 1 ]; then
+  APT_PACKAGES+=(postgresql)
+fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

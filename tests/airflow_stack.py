@@ -7,6 +7,8 @@ public REST API (``/api/v2``) the way a user's tooling would.
         run = af.trigger("bake_x", logical_date=..., conf={...})
         af.wait_run("bake_x", run["dag_run_id"])
 
+The metadata DB is a private PostgreSQL (:class:`PostgresServer`, Debian's server binaries, run as
+the ``postgres`` user on loopback): Airflow refuses backfills on SQLite while the scheduler writes.
 The simple auth manager runs with every user an admin (``SIMPLE_AUTH_MANAGER_ALL_ADMINS``): the
 tests exercise the bakery, not Airflow's login. Everything it started is stopped at exit (the
 process group), and nothing of it listens beyond loopback.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +38,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth, loopback only), owned by the
+    ``postgres`` user in a private folder under /tmp; removed at exit."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="bakery-test-pg-"))
+        self.data = self.dir / "data"
+
+    def _as_postgres(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    def __enter__(self) -> PostgresServer:
+        bin_dir = PG_BIN if PG_BIN.is_dir() else Path(shutil.which("pg_ctl") or "pg_ctl").parent
+        shutil.chown(self.dir, "postgres")
+        self.dir.chmod(0o700)
+        for argv in ([str(bin_dir / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8"],
+                     [str(bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "start", "-o",
+                      f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c max_connections=200"],
+                     [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "airflow"]):
+            proc = self._as_postgres(*argv)
+            if proc.returncode != 0:
+                self.__exit__()
+                raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
+        self._bin = bin_dir
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+
+    def __exit__(self, *exc) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._as_postgres(str(getattr(self, "_bin", PG_BIN) / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class AirflowStandalone:

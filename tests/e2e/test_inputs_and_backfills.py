@@ -38,7 +38,7 @@ import yaml
 from bakery.packages.manifest import Manifest
 from bakery.versioning import version_for_run, version_key
 
-from tests.airflow_stack import AirflowStandalone
+from tests.airflow_stack import AirflowStandalone, PostgresServer
 from tests.pkgmirror import ClosureError, LoopbackMirror, deb_cache_dir, debian_closure, make_deb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,8 +96,9 @@ def world(tmp_path_factory, base_image):
         })
         catalogue = root / "catalogue.yaml"
         catalogue.write_text(yaml.safe_dump({"version": 1, "images": {IMAGE: entry}}))
-        env = {"BAKERY_HOME": str(home), "BAKERY_CATALOGUE": str(str(catalogue)), "TMPDIR": str(root)}
-        with AirflowStandalone(root / "airflow", env=env) as af:
+        env = {"BAKERY_HOME": str(home), "BAKERY_CATALOGUE": str(catalogue), "TMPDIR": str(root)}
+        with PostgresServer() as pg, AirflowStandalone(
+                root / "airflow", env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
             af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})  # as setup.sh does
             af.wait_dag(DAG)
             yield {"af": af, "mirror": mirror, "home": home, "closure": closure, "canary": canary, "env": env,
