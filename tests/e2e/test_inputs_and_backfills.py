@@ -165,6 +165,17 @@ def bake_windows(af, run_ids) -> list[tuple[datetime, datetime, str]]:
     return sorted(out)
 
 
+def turn_windows(af, run_ids) -> list[tuple[datetime, datetime, str]]:
+    """When each run held the image's turn: from wait_turn's end to give_back_turn's start."""
+    out = []
+    for run_id in run_ids:
+        t = tis(af, run_id)
+        took, gave = t.get("wait_turn", {}), t.get("give_back_turn", {})
+        if took.get("state") == "success" and gave.get("start_date") and took.get("end_date"):
+            out.append((parse(took["end_date"]), parse(gave["start_date"]), f"{run_id}:turn"))
+    return sorted(out)
+
+
 def assert_never_overlapping(windows) -> None:
     for (s1, e1, a), (s2, e2, b) in zip(windows, windows[1:]):
         assert e1 <= s2, f"{a} ({s1:%T}-{e1:%T}) overlapped {b} ({s2:%T}-{e2:%T})"
@@ -229,6 +240,8 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     backfill = af.backfill(DAG, iso(dates[0]), iso(dates[-1]), reprocess_behavior="completed",
                            dag_run_conf={"allow_current_inputs": True})
     assert backfill["max_active_runs"] == 10  # the default: all three runs are let start at once
+    # and two manual triggers on top (nothing changed for them: they take the turn, check, prune)
+    manual = [af.trigger(DAG)["dag_run_id"] for _ in range(2)]
 
     def backfill_runs():
         runs = [r for r in af.runs(DAG) if r["run_type"] == "backfill"]
@@ -254,9 +267,15 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     starts = sorted(parse(r["start_date"]) for r in runs)
     ends = sorted(parse(r["end_date"]) for r in runs)
     assert starts[1] < ends[0], "the backfill runs did not run at the same time: the test proves nothing"
-    windows = sorted(story.data["s2_windows"] + bake_windows(af, [r["dag_run_id"] for r in af.runs(DAG)]))
+    for run_id in manual:
+        assert af.wait_run(DAG, run_id)["state"] == "success"
+    all_runs = [r["dag_run_id"] for r in af.runs(DAG)]
+    windows = sorted(story.data["s2_windows"] + bake_windows(af, all_runs))
     assert len([w for w in windows if w[2].endswith(":build")]) >= 4
     assert_never_overlapping(sorted(set(windows)))
+    turns = turn_windows(af, all_runs)  # scheduled, manual and backfill runs held the turn one after the other
+    assert {w[2].split(":")[0] for w in turns} >= {*manual, *(r["dag_run_id"] for r in runs)}
+    assert_never_overlapping(turns)
     story.data.update(v0=v0, backfill_end=max(ends))
     story.done.add("backfill")
 

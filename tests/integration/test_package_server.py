@@ -185,3 +185,20 @@ def test_a_backfill_without_pool_reads_the_dated_snapshot_archive(tmp_path, mirr
         assert apt.policy("bakery-canary") == ("1.0", ["1.0"])
         apt.ok("apt-get", "install", "-y", "--download-only", "bakery-canary")
     assert [s.version for s in srv.fetched.values() if s.name == "bakery-canary"] == ["1.0"]
+
+
+def test_the_pool_keeps_the_base_image_itself_not_its_stable_symlink(tmp_path):
+    """The base image's stable path is a symlink to the recipe's file; the pool must hold the file
+    (a hard link), which outlives the symlink being moved or the file being pruned from the cache."""
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    real = base_dir / "debian12-0123456789abcdef.qcow2"
+    real.write_bytes(b"qcow2 stand-in")
+    (base_dir / "debian12.qcow2").symlink_to(real.name)
+    pool = PackagePool(tmp_path / "pool")
+    kept = pool.keep_base(base_dir / "debian12.qcow2", "sha256:" + "a" * 64)
+    assert kept == pool.base_path("sha256:" + "a" * 64)
+    assert not kept.is_symlink() and kept.stat().st_ino == real.stat().st_ino
+    real.unlink()  # the base cache prunes its file: the pool's copy stays
+    (base_dir / "debian12.qcow2").unlink()
+    assert kept.read_bytes() == b"qcow2 stand-in"

@@ -242,14 +242,15 @@ class PackagePool:
         """Keep the base image an index refers to (a hard link: no copy, survives the base cache's
         own pruning); a copy when the pool is on another file system."""
         dest = self.base_path(digest)
-        if dest.is_file():
+        if dest.is_file() and not dest.is_symlink():
             return dest
+        src = Path(image_path).resolve(strict=True)  # the file itself: the stable path is a symlink
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
         try:
-            os.link(image_path, tmp)
+            os.link(src, tmp)
         except OSError:
-            shutil.copyfile(image_path, tmp)
+            shutil.copyfile(src, tmp)
         tmp.replace(dest)
         return dest
 
