@@ -79,7 +79,7 @@ def main() -> int:
     # the floor: the same task graph, doing nothing
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False).dags[dag_id]
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
     tasks = [t.task_id for t in dag.tasks]
     edges = [(t.task_id, d) for t in dag.tasks for d in sorted(t.downstream_task_ids)]
     with tempfile.TemporaryDirectory() as floor_dir:

@@ -36,6 +36,8 @@ from bakery.operators.turn import GiveBackTurnOperator, WaitForTurnSensor
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PACKER_VARIABLES = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables'] }}"
+# the image family's Packer folder, rendered by prepare into the run's work folder (bakery.templates)
+TEMPLATE_DIR = "{{ ti.xcom_pull(task_ids='prepare')['template_dir'] }}"
 MANIFEST_PATH = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables']['manifest_path'] }}"
 PACKER_POOL = "image_bakery_packer"  # caps concurrent Packer builds across images (scripts/setup.sh makes it)
 
@@ -101,7 +103,7 @@ def build_dag(spec: ImageSpec) -> DAG:
         default_args={"owner": "image-bakery", "retries": 0, "retry_delay": timedelta(seconds=30)},
         doc_md=__doc__,
     ) as dag:
-        packer = {"template_dir": str(spec.template_dir), "variables": PACKER_VARIABLES}
+        packer = {"template_dir": TEMPLATE_DIR, "variables": PACKER_VARIABLES}
         turn = WaitForTurnSensor(task_id="wait_turn", image=spec.name)
         give_back = GiveBackTurnOperator(task_id="give_back_turn", image=spec.name, retries=2)
         check = CheckChangesOperator(task_id="check_changes", image=spec.name, retries=1)

@@ -6,7 +6,7 @@ indexes of versions pruned longer ago than their image's retention, and the pack
 refers to any more (reports the bytes freed). `sweep_azure_<connection>`
 (one per connection of the catalogue's azure images): smoke-test VMs with their NIC, IP, NSG and
 disk, unpublished managed images, Packer's temporary resource groups, all carrying the bakery's
-tags. Anything older than the TTL and not in use (see plugins/bakery/janitor.py). Trigger it with
+tags. Anything older than the TTL and not in use (see plugins/bakery/janitor/). Trigger it with
 dry_run to see the report first.
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -24,14 +25,15 @@ from bakery.digest import tree_digest
 from bakery.packages.inputs import Inputs, resolve_inputs
 from bakery.packages.manifest import MANIFEST_NAME, Manifest, parse_capture
 from bakery.packages.pool import PackagePool, PooledPackage, PoolIndex, default_pool
-from bakery.paths import work_root
+from bakery.paths import bakery_home, work_root
 from bakery.record import BakeRecord
 from bakery.targets.base import Log, SmokeCheck, Target
 from bakery.versioning import version_for_run
 
 PACKAGE_LIST = "packages.tsv"  # what the guest's capture-packages.sh wrote (Packer downloads it)
 PENDING_INDEX = "pool-index.json"  # the version's pool index, committed when it is published
-SHARED_TEMPLATE_DIR = "shared"  # include/packer/shared: scripts every template uses
+TEMPLATE_DIR = "packer"  # the run's rendered Packer folder, in its work folder (bakery.templates)
+TEMPLATE_STORE = "templates"  # $BAKERY_HOME/templates/sha256/<hex>: the rendered folders runs used, by digest
 
 
 def get_target(name: str, spec: ImageSpec | None = None, *, clients: Any = None) -> Target:
@@ -54,11 +56,29 @@ def work_dir(image: str, version: str) -> Path:
     return work_root() / image / version
 
 
-def template_digest(spec: ImageSpec) -> str:
-    """Digest of everything Packer reads for the image: its folder and the shared scripts."""
-    shared = spec.template_dir.parent / SHARED_TEMPLATE_DIR
-    parts = [tree_digest(spec.template_dir)] + ([tree_digest(shared)] if shared.is_dir() else [])
-    return parts[0] if len(parts) == 1 else "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+def template_digest(folder: Path) -> str:
+    """Digest of a rendered Packer folder (``bakery.templates.render``): every file Packer reads for
+    the build, shared scripts included, since the folder holds its own copies."""
+    return tree_digest(Path(folder))
+
+
+def keep_template(folder: Path, digest: str) -> Path:
+    """A copy of a rendered Packer folder under ``$BAKERY_HOME/templates/<algorithm>/<hex>``, by its
+    digest: the run's work folder goes when the version is published, this stays, so the template
+    of any version (its ``template_digest``, in metadata.json or the Azure tags) can be read later.
+    Identical templates are stored once (a nightly that did not change its template adds nothing)."""
+    algorithm, _, hexdigest = digest.partition(":")
+    kept = bakery_home() / TEMPLATE_STORE / algorithm / hexdigest
+    if not kept.is_dir():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{hexdigest}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp)
+        try:
+            os.rename(tmp, kept)
+        except OSError:  # another run kept the same template meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return kept
 
 
 def variables_digest(variables: dict[str, Any]) -> str:
@@ -79,17 +99,21 @@ def prepare(
     pool: PackagePool | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Name the version, decide where its packages come from, digest the template, get the
-    target's Packer variables ready.
+    """Name the version, decide where its packages come from, render and digest the template, get
+    the target's Packer variables ready.
 
     First the cheap checks of the bake's inputs (``bakery.preflight``: tools on PATH, catalogue
     variables the template declares), then the inputs (``bakery.packages.inputs``: a backfill of a
-    date the bakery cannot rebuild fails here, before anything is built), then the target's own
-    preparation (base image build, Azure infrastructure check), long before Packer builds anything.
+    date the bakery cannot rebuild fails here, before anything is built), then the image family's
+    Packer folder, rendered from the shared sources into the run's work folder
+    (``<work>/<image>/<version>/packer``, ``bakery.templates``; also kept by digest,
+    ``keep_template``), then the target's own preparation (base image build, Azure infrastructure
+    check, which reads the rendered folder), long before Packer builds anything.
 
-    Returns ``{"record": BakeRecord dict, "packer_variables": {...}}`` (no secrets in it).
+    Returns ``{"record": BakeRecord dict, "packer_variables": {...}, "template_dir": the rendered
+    folder}`` (no secrets in it); ``validate`` and ``build`` run Packer on ``template_dir``.
     """
-    from bakery import preflight
+    from bakery import preflight, templates
 
     preflight.run(spec, log)
     version = version_for_run(run_type=run_type, logical_date=logical_date, run_after=run_after)
@@ -114,24 +138,29 @@ def prepare(
             "repositories. Trigger the backfill with allow_current_inputs=true to rebuild with today's packages.")
     wd = work_dir(spec.name, version)
     wd.mkdir(parents=True, exist_ok=True)
+    rendered = templates.render(spec, wd / TEMPLATE_DIR)
+    digest = template_digest(rendered)
+    kept = keep_template(rendered, digest)
     record = BakeRecord(
         image=spec.name,
         version=version,
         target=spec.target,
-        template_digest=template_digest(spec),
+        template_digest=digest,
         dag_run_id=dag_run_id,
         run_type=run_type,
         inputs=inputs.to_dict(),
         packages={"list": str(wd / PACKAGE_LIST)},
         variables_digest=variables_digest(spec.variables),
+        extra={"template": {"family": spec.template, "dir": str(rendered), "kept": str(kept)}},
     )
     target = target or get_target(spec.target, spec)
-    variables, base_digest = target.prepare(spec, record, wd, accelerator=accelerator, log=log,
-                                            inputs=inputs, pool=pool)  # may fill record.extra
+    # the target reads the template it builds (Azure: the base image and plan) from the rendered folder
+    variables, base_digest = target.prepare(replace(spec, template_dir=rendered), record, wd, accelerator=accelerator,
+                                            log=log, inputs=inputs, pool=pool)  # may fill record.extra
     record = replace(record, base_digest=base_digest)
-    log(f"{spec.name}: version {version} ({run_type} run {dag_run_id}), template {record.template_digest}, "
-        f"packages from {inputs.label}")
-    return {"record": record.to_dict(),
+    log(f"{spec.name}: version {version} ({run_type} run {dag_run_id}), template {spec.template} rendered into "
+        f"{rendered} ({digest}; kept as {kept}), packages from {inputs.label}")
+    return {"record": record.to_dict(), "template_dir": str(rendered),
             "packer_variables": {**spec.variables, **variables, "package_list_path": str(wd / PACKAGE_LIST)}}
 
 
@@ -245,20 +274,20 @@ def smoke_test(rec: BakeRecord, check: SmokeCheck, log: Log, target: Target | No
     return replace(rec, smoke=result.to_dict())
 
 
-def smoke_setup(rec: BakeRecord, check: SmokeCheck, log: Log, target: Any) -> BakeRecord:
-    """Azure: create the smoke-test VM; the record's ``extra["smoke_vm"]`` says where it answers."""
+def smoke_setup(rec: BakeRecord, check: SmokeCheck, log: Log, target: Target) -> BakeRecord:
+    """The smoke test's setup (Azure: the VM); the record's ``extra["smoke_vm"]`` says where it answers."""
     info = target.smoke_setup(rec, check, log)
     return replace(rec, extra={**rec.extra, "smoke_vm": info})
 
 
-def smoke_check(rec: BakeRecord, check: SmokeCheck, log: Log, target: Any) -> BakeRecord:
-    """Azure: the HTTP check of the VM made by ``smoke_setup``."""
+def smoke_check(rec: BakeRecord, check: SmokeCheck, log: Log, target: Target) -> BakeRecord:
+    """The smoke test's check (Azure: HTTP to the VM made by ``smoke_setup``)."""
     result = target.smoke_check(rec, rec.extra["smoke_vm"], check, log)
     return replace(rec, smoke=result.to_dict())
 
 
-def smoke_teardown(rec: BakeRecord, log: Log, target: Any, *, delete_image: bool = False) -> list[str]:
-    """Azure: delete the smoke-test VM and everything made with it (and a failed bake's image)."""
+def smoke_teardown(rec: BakeRecord, log: Log, target: Target, *, delete_image: bool = False) -> list[str]:
+    """The smoke test's teardown (Azure: the VM and everything made with it, and a failed bake's image)."""
     return target.smoke_teardown(rec, log, delete_image=delete_image)
 
 

@@ -5,9 +5,11 @@ base image build, the Azure infrastructure check), so that a bake with bad input
 first task, in seconds, with a message that says what is wrong, where, and how to fix it:
 
 * the tools the image's target needs are on this worker's ``PATH`` (Packer; for the local target
-  QEMU, ``qemu-img`` and ``ssh-keygen``), naming the Debian package of each missing one;
-* every catalogue ``variables`` entry is declared by the image's Packer template (Packer itself
-  only warns about an undeclared one and goes on without it).
+  QEMU and ``qemu-img``), naming the Debian package of each missing one (the build's ephemeral SSH
+  key is made in Python, ``bakery.sshkey``: no ``ssh-keygen`` needed);
+* every catalogue ``variables`` entry is declared by the image's Packer template, the folder the
+  bake renders for its family (Packer itself only warns about an undeclared one and goes on
+  without it).
 
 :func:`check_base_image` is for the local target's Packer tasks: the base image ``prepare``
 recorded must still be there when ``validate`` / ``build`` start.
@@ -39,10 +41,9 @@ TOOLS: dict[str, tuple[str, str]] = {
     "packer": ("packer", "runs the Packer templates (validate, build)"),
     "qemu-system-x86_64": ("qemu-system-x86", "boots the build VM and the smoke-test VM of the local target"),
     "qemu-img": ("qemu-utils", "reads and converts the local target's qcow2 disks"),
-    "ssh-keygen": ("openssh-client", "makes the ephemeral SSH key of a local build"),
 }
 TARGET_TOOLS: dict[str, tuple[str, ...]] = {
-    "local": ("packer", "qemu-system-x86_64", "qemu-img", "ssh-keygen"),
+    "local": ("packer", "qemu-system-x86_64", "qemu-img"),
     "azure": ("packer",),
 }
 BASE_IMAGE_SCRIPT = REPO_ROOT / "scripts" / "build-base-image.sh"
@@ -76,39 +77,53 @@ def declared_variables(template_dir: str | os.PathLike[str]) -> set[str]:
     Packer reads only the folder's own files (not sub-folders), so neither does this.
     """
     folder = Path(template_dir)
+    texts = {f.name: f.read_text(errors="replace") for f in sorted(folder.glob("*.pkr.hcl"))}
+    texts.update({f.name: f.read_text(errors="replace") for f in sorted(folder.glob("*.pkr.json"))})
+    return _declared(texts)
+
+
+def _declared(files: Mapping[str, str]) -> set[str]:
+    """The variables declared by a folder's top-level files (name -> text), as Packer reads them."""
     names: set[str] = set()
-    for f in sorted(folder.glob("*.pkr.hcl")):
-        text = f.read_text(errors="replace")
-        code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("#", "//")))
-        names.update(_VARIABLE_BLOCK.findall(code))
-    for f in sorted(folder.glob("*.pkr.json")):
-        try:
-            data = json.loads(f.read_text())
-        except ValueError:
-            continue  # packer validate reports a broken file with its own message
-        block = data.get("variable") if isinstance(data, dict) else None
-        if isinstance(block, dict):
-            names.update(block)
+    for name, text in sorted(files.items()):
+        if "/" in name:
+            continue  # a sub-folder (init/): not part of the template
+        if name.endswith(".pkr.hcl"):
+            code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(("#", "//")))
+            names.update(_VARIABLE_BLOCK.findall(code))
+        elif name.endswith(".pkr.json"):
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue  # packer validate reports a broken file with its own message
+            block = data.get("variable") if isinstance(data, dict) else None
+            if isinstance(block, dict):
+                names.update(block)
     return names
 
 
 def check_variables(spec: Any) -> None:
-    """Every ``variables`` entry of the image's catalogue entry is declared by its template."""
+    """Every ``variables`` entry of the image's catalogue entry is declared by its template: the
+    Packer folder the bake renders for the image's family (``bakery.templates``), read in memory."""
     if not spec.variables:
         return
-    declared = declared_variables(spec.template_dir)
+    from bakery import templates
+
+    declared = _declared(templates.rendered_files(spec))
     unknown = sorted(set(spec.variables) - declared)
     if not unknown:
         return
+    family = templates.load_family(templates.family_name(spec), templates.sources_dir(spec))
     where = f"{spec.catalogue_path}: " if getattr(spec, "catalogue_path", None) else ""
     problems = [
-        f"{where}image {spec.name!r}, field 'variables.{name}': the template {spec.template_dir} declares no "
-        f"variable {name!r} (Packer would only warn and build without it)" for name in unknown
+        f"{where}image {spec.name!r}, field 'variables.{name}': the template {spec.template} ({spec.template_dir}) "
+        f"declares no variable {name!r} (Packer would only warn and build without it)" for name in unknown
     ]
+    shared = templates.sources_dir(spec) / templates.SHARED / family.builder / "variables.pkr.hcl.j2"
     raise PreflightError(
         "\n".join(problems)
-        + f"\nfix the name, or declare it in {spec.template_dir}/variables.pkr.hcl; the template's variables: "
-        + ", ".join(sorted(declared))
+        + f"\nfix the name, or declare it in {shared} (the variables of every {family.builder} family); "
+        "the template's variables: " + ", ".join(sorted(declared))
     )
 
 

@@ -3,7 +3,8 @@
 Plain Python, no Airflow import. ``QemuVM`` starts ``qemu-system-x86_64 -snapshot`` (every guest
 write goes to a throw-away overlay: the artifact is never modified), with user networking that
 forwards ``127.0.0.1:<free port>`` to a guest port, the serial console in a log file, and QEMU in
-its own process group so that ``stop()`` can always take it down (SIGTERM, bounded wait, SIGKILL).
+its own process group so that ``stop()`` can always take it down (``bakery.processes.stop``:
+SIGTERM, a bounded wait, then the hard kill).
 
     with QemuVM("output/debian12-nginx.qcow2", guest_port=80) as vm:
         poll(f"http://127.0.0.1:{vm.host_port}/")   # the caller polls; this module only boots
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from bakery import processes
 from bakery.accel import detect_accelerator
 from bakery.digest import sha256_file  # noqa: F401 (re-exported for callers)
 
@@ -63,9 +64,10 @@ def _disk_format(path: Path) -> str:
         return "qcow2" if fh.read(4) == _QCOW2_MAGIC else "raw"
 
 
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+def _stop_group(pgid: int, grace_seconds: float) -> None:
+    """Stop QEMU's process group (its pid: ``start_new_session``). QEMU is our child and not reaped
+    before this returns, so the group id is still QEMU's."""
+    processes.stop(group=pgid, grace_seconds=grace_seconds)
 
 
 class QemuVM:
@@ -84,7 +86,7 @@ class QemuVM:
             ``{"opt/bakery/authorized_keys": "key.pub"}`` for the bakery base image's SSH key unit.
         isolated: ``restrict=on`` for user networking (guest cannot reach out; forwards still work).
         extra_args: appended to the QEMU command line as-is.
-        stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+        stop_timeout: seconds to wait after SIGTERM before the hard kill.
         name: the guest's ``-name``; always starts with ``bakery-`` (added if missing).
     """
 
@@ -227,9 +229,8 @@ class QemuVM:
                         close_fds=True,
                     )
                 self._proc = proc
-                self._finalizer = weakref.finalize(
-                    self, _kill_group, proc.pid, signal.SIGKILL
-                )
+                # a VM dropped without stop() (or at interpreter exit) is still stopped
+                self._finalizer = weakref.finalize(self, _stop_group, proc.pid, 0)
                 self.started_at = time.monotonic()
                 deadline = time.monotonic() + _EARLY_EXIT_WINDOW
                 while time.monotonic() < deadline and proc.poll() is None:
@@ -249,10 +250,11 @@ class QemuVM:
             raise
 
     def _reap(self) -> None:
+        """After QEMU died while starting: stop what is left of its group, reap it."""
         proc = self._proc
         if proc is None:
             return
-        _kill_group(proc.pid, signal.SIGKILL)
+        _stop_group(proc.pid, 0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         if self._finalizer is not None:
@@ -261,19 +263,12 @@ class QemuVM:
         self._proc = None
 
     def stop(self) -> None:
-        """Stop QEMU (SIGTERM to its process group, bounded wait, then SIGKILL). Idempotent."""
+        """Stop QEMU and its process group (SIGTERM, ``stop_timeout``, then the hard kill). Idempotent."""
         proc = self._proc
         if proc is not None:
-            if proc.poll() is None:
-                _kill_group(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            # Whatever else is left in the group (and QEMU itself if SIGTERM was not enough).
-            _kill_group(proc.pid, signal.SIGKILL)
+            _stop_group(proc.pid, self.stop_timeout)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+                proc.wait(timeout=10)  # reap it (Popen's exit code)
             if self._finalizer is not None:
                 self._finalizer.detach()
                 self._finalizer = None

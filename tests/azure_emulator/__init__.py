@@ -33,9 +33,10 @@ block_replicated_version_delete (True),
 require_issued_tokens (False: any bearer token is accepted; True: only tokens from the token endpoint).
 
 ``FAKE_PACKER`` is the ``packer`` test double (put ``FAKE_PACKER_BIN_DIR`` first on PATH), see
-fake_packer.py. Modules: arm.py (generic ARM contract: store, LROs, paging, errors), kinds.py (the
-per-type table), faults.py, vmhttp.py (the VMs' "nginx"), identity.py (token endpoint), tls.py,
-credential.py, regions.py.
+fake_packer.py. Modules: arm.py (generic ARM contract: store, LROs, paging, errors; tag-filtered
+``/resources`` lists without tags), kinds.py (the per-type table), marketplace.py (Marketplace images
+and the purchase-plan rule, ``VMMarketplaceInvalidInput``), faults.py, vmhttp.py (the VMs' "nginx"),
+identity.py (token endpoint), tls.py, credential.py, regions.py.
 """
 
 from pathlib import Path

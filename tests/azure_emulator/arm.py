@@ -11,6 +11,9 @@ table ``KINDS``); this module only knows ARM's generic contract:
   only ``Location`` for resource groups); the resource is ``Deleting`` and disappears when the
   operation finishes. ``DELETE`` of a missing resource answers 204.
 * ``GET`` of a collection pages with ``nextLink`` (absolute, with ``api-version`` and ``$skiptoken``).
+  ``/resources`` lists filtered by tag (``$filter=tagName eq ... and tagValue eq ...``) come back
+  without the resources' tags, as ARM documents.
+* The Marketplace's "Virtual Machine Images" API (marketplace.py) answers for the images it knows.
 * Errors are ``{"error": {"code", "message"[, "target", "details"]}}``.
 
 An operation is also finished by time alone after ``background_seconds`` (ARM keeps working when
@@ -228,6 +231,9 @@ _RG_OP_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/operationresults/(?P<op>
 _RGS_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups(?:/(?P<rg>[^/]+))?$", re.IGNORECASE)
 _GENERIC_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)(?:/resourcegroups/(?P<rg>[^/]+))?/resources$",
                          re.IGNORECASE)
+_VMIMAGE_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/"
+                         r"publishers/(?P<pub>[^/]+)/artifacttypes/vmimage/offers/(?P<offer>[^/]+)/skus/(?P<sku>[^/]+)/"
+                         r"versions(?:/(?P<version>[^/]+))?$", re.IGNORECASE)
 _PROVIDER_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)(?:/resourcegroups/(?P<rg>[^/]+))?/providers/"
                           r"(?P<ns>[^/]+)/(?P<rest>.+)$", re.IGNORECASE)
 
@@ -363,6 +369,10 @@ class Arm:
                                         if r.subscription.lower() == m["sub"].lower()])
             ctx.rid = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}"
             return self._item(RESOURCE_GROUP, ctx, body)
+        if m := _VMIMAGE_RE.match(path):
+            if method != "GET":
+                raise _method_not_allowed(method)
+            return self._marketplace(m)
         if m := _GENERIC_RE.match(path):
             if method != "GET":
                 raise _method_not_allowed(method)
@@ -410,6 +420,22 @@ class Arm:
             res = self._get_existing(kind, ctx)
             return kind.actions[action](self, ctx, res)
         return self._item(kind, ctx, body)
+
+    def _marketplace(self, m: re.Match) -> Response:
+        """Virtual Machine Images - List (a bare JSON array, oldest first) / Get (see marketplace.py)."""
+        from . import marketplace, regions
+
+        location = regions.normalize(m["loc"])
+        image = marketplace.find(m["pub"], m["offer"], m["sku"])
+        if location is None or image is None:
+            raise marketplace.not_found()
+        if m["version"] is None:
+            versions = sorted(image.versions, key=marketplace.version_key)
+            return Response(200, [{"location": location, "name": v,
+                                   "id": marketplace.image_id(m["sub"], location, image, v)} for v in versions])
+        if m["version"] not in image.versions:
+            raise marketplace.not_found()
+        return Response(200, marketplace.render_version(m["sub"], location, image, m["version"]))
 
     def make_id(self, sub: str, rg: str, kind: Kind, names: list[str], parent_only: bool = False) -> str:
         segments = kind.segments[:-1] if parent_only else kind.segments
@@ -570,7 +596,8 @@ class Arm:
         items = [r for r in self.store.all() if r.kind is not RESOURCE_GROUP and r.kind.tracked
                  and r.subscription.lower() == ctx.subscription.lower()
                  and (ctx.resource_group is None or (r.resource_group or "").lower() == ctx.resource_group.lower())]
-        for field_name, value in re.findall(r"(\w+)\s+eq\s+'([^']*)'", flt):
+        conditions = re.findall(r"(\w+)\s+eq\s+'([^']*)'", flt)
+        for field_name, value in conditions:
             fl = field_name.lower()
             if fl == "resourcetype":
                 items = [r for r in items if r.type.lower() == value.lower()]
@@ -582,7 +609,10 @@ class Arm:
                 items = [r for r in items if r.name.lower() == value.lower()]
             elif fl == "location":
                 items = [r for r in items if (r.location or "") == value.lower()]
-        generic = _GenericView()
+        # "When you filter by a tag name and value, the tags for each resource are not returned in the
+        # results" (Resources - List By Resource Group, $filter): the emulator drops them for any tag filter
+        tag_filtered = any(f.lower() in ("tagname", "tagvalue") for f, _ in conditions)
+        generic = _GenericView(with_tags=not tag_filtered)
         wrapped = [_Wrapped(r, generic) for r in items]
         return self._page(ctx, wrapped)  # type: ignore[arg-type]
 
@@ -743,11 +773,15 @@ class Arm:
 
 
 class _GenericView:
-    """Renders any resource as ARM's GenericResource (for /resources lists)."""
+    """Renders any resource as ARM's GenericResource (for /resources lists); without its tags when the
+    list was filtered by tag, as ARM answers."""
+
+    def __init__(self, *, with_tags: bool = True) -> None:
+        self.with_tags = with_tags
 
     def render(self, arm: Arm, res: Resource, ctx: Any) -> dict:
         out = {"id": res.id, "name": res.name, "type": res.type, "location": res.location}
-        if res.tags:
+        if res.tags and self.with_tags:
             out["tags"] = dict(res.tags)
         expand = {x.strip().lower() for x in (ctx.q("$expand") or "").split(",")} if ctx is not None else set()
         if "createdtime" in expand:  # GenericResourceExpanded: only when asked for, as ARM does

@@ -32,15 +32,18 @@ CONN_ID = "azure_emu"
 
 
 @contextlib.contextmanager
-def emulated_world(client_secret: str | None = None, **emulator_kwargs) -> Iterator[AzureWorld]:
+def emulated_world(client_secret: str | None = None, *, infrastructure: bool = True,
+                   **emulator_kwargs) -> Iterator[AzureWorld]:
     """An emulator that accepts only the tokens it issued, with the platform's infrastructure made in
-    it (``world.emu`` is the emulator); stopped at the end, and it must have had no internal error.
-    ``client_secret``: the service principal's secret (default: a random one)."""
+    it (``world.emu`` is the emulator; ``infrastructure=False``: the test makes it); stopped at the end,
+    and it must have had no internal error. ``client_secret``: the service principal's secret (default:
+    a random one)."""
     kwargs = {"retry_after": 0, "require_issued_tokens": True, "page_size": 2, "seed": 3, **emulator_kwargs}
     emulator = ArmEmulator(**kwargs)
     try:
         w = AzureWorld(emulator, client_secret=client_secret) if client_secret else AzureWorld(emulator)
-        w.create_infrastructure()
+        if infrastructure:
+            w.create_infrastructure()
         yield w
     finally:
         emulator.stop()

@@ -10,11 +10,18 @@ code: product code runs it exactly as it would run the real one.
   what they mean to Packer), then does what the azure-arm builder does at the ARM API of the emulator:
   with client_id + client_secret + tenant_id it first gets a token from the emulator's Entra ID token
   endpoint (a refused secret fails the build like Packer: "error fetching service principal token");
-  creates a temporary resource group ``pkr-Resource-Group-<random>``, "provisions", PUTs the managed
-  image ``managed_image_name`` into ``managed_image_resource_group_name`` with ``azure_tags``, deletes
-  the temporary resource group, prints Packer's machine-readable (or human) output - artifact
+  creates a temporary resource group ``pkr-Resource-Group-<random>`` (or uses
+  ``build_resource_group_name``), deploys a virtual network, a NIC and the build VM from the source's
+  Marketplace image (``image_publisher/offer/sku/version``) with its ``plan_info`` as the VM's purchase
+  plan (the emulator refuses a plan image without it, as Azure does), "provisions", captures the
+  managed image ``managed_image_name`` into ``managed_image_resource_group_name`` from the build VM
+  (``sourceVirtualMachine``: the image keeps the VM's generation and plan) with ``azure_tags``, deletes
+  the temporary resource group (or the build VM and its network), prints Packer's machine-readable (or human) output - artifact
   builder-id ``Azure.ResourceManagement.VMImage`` with the managed image id - and writes the
   ``manifest`` post-processor's file like Packer 1.6 does (appending builds, ``last_run_uuid``).
+* Like Packer, ``build`` runs as a wrapper and a child: the wrapper makes the run's ``PACKER_RUN_UUID``,
+  starts the child with it in its environment and passes SIGTERM/SIGINT on; the manifest post-processor
+  records that uuid.
 * Templates without an azure-arm source, ``validate``, ``inspect``, ``console``, ``fmt``, ... and
   ``version`` are handed to the real packer (``BAKERY_FAKE_PACKER_REAL``, else the first ``packer``
   on PATH that is not this fake).
@@ -46,6 +53,7 @@ group is deleted, exit 1 - like Packer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fnmatch
 import glob
@@ -70,6 +78,7 @@ from typing import Any
 BUILDER_ID = "Azure.ResourceManagement.VMImage"
 API_RESOURCES = "2021-04-01"
 API_COMPUTE = "2022-08-01"
+API_NETWORK = "2023-09-01"
 FALLBACK_VERSION = "1.6.6"
 
 
@@ -445,6 +454,29 @@ class ArmClient:
         return (f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/Microsoft.Compute/images/"
                 f"{name}?api-version={API_COMPUTE}")
 
+    def resource_path(self, rg: str, type_path: str, name: str, api: str = API_COMPUTE) -> str:
+        return (f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/{type_path}/{name}"
+                f"?api-version={api}")
+
+    def put_and_wait(self, path: str, body: dict) -> dict:
+        """PUT a resource and follow its LRO; its final body, or BuildError with ARM's message."""
+        code, headers, answer = self.request("PUT", path, body)
+        if code not in (200, 201):
+            raise BuildError(arm_message(answer))
+        ok, err = self.wait(code, headers)
+        if not ok:
+            raise BuildError(arm_message(err))
+        code, _, answer = self.request("GET", path)
+        if code != 200:
+            raise BuildError(arm_message(answer))
+        return answer
+
+    def delete_and_wait(self, path: str) -> tuple[bool, Any]:
+        code, headers, body = self.request("DELETE", path)
+        if code == 404:
+            return True, None
+        return self.wait(code, headers) if code < 300 else (False, body)
+
 
 def arm_message(body: Any) -> str:
     err = (body or {}).get("error", body) if isinstance(body, dict) else body
@@ -525,7 +557,7 @@ def build(args: list[str]) -> int:
     evaluator = Evaluator(template, var_args, files)
 
     builds = blocks(items, "build") or [("block", "build", [], [])]
-    wanted: list[tuple[str, dict, list]] = []  # (build name, source attrs, build items)
+    wanted: list[tuple[str, dict, list, list]] = []  # (build name, source attrs, build items, source items)
     for build_block in builds:
         refs = []
         battrs = attrs(build_block[3])
@@ -534,7 +566,7 @@ def build(args: list[str]) -> int:
         refs += [b[2][0].removeprefix("source.") for b in blocks(build_block[3], "source") if b[2]]
         for ref in refs:
             if ref in azure:
-                wanted.append((ref, attrs(sources[ref][3]), build_block[3]))
+                wanted.append((ref, attrs(sources[ref][3]), build_block[3], sources[ref][3]))
     if opts["only"]:
         wanted = [w for w in wanted if any(fnmatch.fnmatch(w[0], p) for p in opts["only"])]
     if opts["except"]:
@@ -542,16 +574,20 @@ def build(args: list[str]) -> int:
 
     interesting = ("managed_image_name", "managed_image_resource_group_name", "location", "azure_tags",
                    "subscription_id", "os_type", "build_resource_group_name", "temp_resource_group_name",
-                   "image_publisher", "image_offer", "image_sku", "use_azure_cli_auth", "client_id",
-                   "client_secret", "tenant_id")
+                   "image_publisher", "image_offer", "image_sku", "image_version", "use_azure_cli_auth",
+                   "client_id", "client_secret", "tenant_id", "vm_size")
     plans = []
     try:
-        for name, source_attrs, build_items in wanted:
+        for name, source_attrs, build_items, source_items in wanted:
             keys = [k for k in interesting if k in source_attrs]
             values = dict(zip(keys, evaluator.evaluate([source_attrs[k] for k in keys])))
             for key in keys:  # `packer console` prints sensitive values as "<sensitive>"
                 if values[key] == "<sensitive>":
                     values[key] = evaluator.sensitive(source_attrs[key])
+            for plan_block in blocks(source_items, "plan_info")[:1]:  # the base image's purchase plan
+                plan_attrs = attrs(plan_block[3])
+                pkeys = [k for k in ("plan_name", "plan_product", "plan_publisher") if k in plan_attrs]
+                values["plan_info"] = dict(zip(pkeys, evaluator.evaluate([plan_attrs[k] for k in pkeys])))
             manifests = []
             pp_blocks = blocks(build_items, "post-processor")
             for group in blocks(build_items, "post-processors"):
@@ -833,6 +869,7 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], f
             raise BuildError(f"Cannot locate the build resource group {temp_rg}: {arm_message(body)}")
         location = body.get("location") or ""
     created_rg = None
+    deployed: list[str] = []
     vm_name = "pkrvm" + _random_name()
     deployment = "pkrdp" + _random_name()
     try:
@@ -862,6 +899,8 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], f
                 "list deployment operations for details. Please see https://aka.ms/DeployOperations for usage "
                 "details.\" Details=[{\"code\":\"SkuNotAvailable\",\"message\":\"The requested size for resource "
                 f"'{vm_name}' is currently not available in location '{location}'.\"}}]"))
+        deployed = deploy_build_vm(arm, temp_rg, location, vm_name, values, tags)
+        vm_id = deployed[0]
         say("Getting the VM's IP address ...")
         say(f" -> ResourceGroupName   : '{temp_rg}'")
         say(f" -> PublicIPAddressName : 'pkrip{_random_name()}'")
@@ -888,13 +927,11 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], f
         if fail == "capture":
             raise BuildError(fail_message or "Code=\"OperationNotAllowed\" Message=\"The operation 'Capture' is not "
                                               "allowed since the VM is not generalized.\"")
+        # azure-arm captures a managed image from the generalized build VM (its OS disk, Hyper-V generation
+        # and, out of sight, the base image's purchase plan go with it)
         code, headers, body = arm.request("PUT", arm.image_path(image_rg, image_name), {
             "location": location, "tags": tags,
-            "properties": {"storageProfile": {"osDisk": {"osType": os_type, "osState": "Generalized",
-                                                         "caching": "ReadWrite", "diskSizeGB": 30,
-                                                         "storageAccountType": "Standard_LRS"},
-                                              "dataDisks": [], "zoneResilient": False},
-                           "hyperVGeneration": "V1"},
+            "properties": {"sourceVirtualMachine": {"id": vm_id}},
         })
         if code not in (200, 201):
             raise BuildError(arm_message(body))
@@ -906,6 +943,13 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], f
             raise BuildError(arm_message(image))
         say(f"Removing the created Deployment object: '{deployment}'")
     finally:
+        if deployed and not created_rg:  # an existing build group: delete what the deployment made in it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            say("Deleting the build VM and its network ...")
+            for path in deployed[1:]:
+                ok, err = arm.delete_and_wait(path)
+                if not ok:
+                    ui.error(f"==> {name}: Error deleting {path.split('?')[0]}: {arm_message(err)}")
         if created_rg:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # clean up even when told twice
             say("Deleting resource group ...")
@@ -924,9 +968,62 @@ def run_azure_build(ui: Ui, name: str, values: dict, provisioners: list[dict], f
     return {"id": image_id, "string": text, "name": name.split(".", 1)[1], "builder_type": "azure-arm"}
 
 
+def deploy_build_vm(arm: ArmClient, rg: str, location: str, vm_name: str, values: dict, tags: dict) -> list[str]:
+    """What azure-arm's deployment makes: a virtual network, a NIC and the build VM from the Marketplace base
+    image, with the source's ``plan_info`` as the VM's purchase plan (an all-empty plan_info is no plan).
+    Returns [vm id, then the paths to delete, VM first] (the OS disk and NIC go with the VM)."""
+    suffix = vm_name.removeprefix("pkrvm")
+    vnet, subnet, nic = "pkrvn" + suffix, "pkrsn" + suffix, "pkrni" + suffix
+    vnet_path = arm.resource_path(rg, "Microsoft.Network/virtualNetworks", vnet, API_NETWORK)
+    vnet_body = arm.put_and_wait(vnet_path, {
+        "location": location, "tags": tags,
+        "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                       "subnets": [{"name": subnet, "properties": {"addressPrefix": "10.0.0.0/24"}}]}})
+    subnet_id = f"{vnet_body['id']}/subnets/{subnet}"
+    nic_path = arm.resource_path(rg, "Microsoft.Network/networkInterfaces", nic, API_NETWORK)
+    nic_body = arm.put_and_wait(nic_path, {
+        "location": location, "tags": tags,
+        "properties": {"ipConfigurations": [{"name": "ipconfig", "properties": {"subnet": {"id": subnet_id}}}]}})
+    plan = values.get("plan_info") or {}
+    vm: dict[str, Any] = {
+        "location": location, "tags": tags,
+        "properties": {
+            "hardwareProfile": {"vmSize": values.get("vm_size") or "Standard_D2s_v5"},
+            "storageProfile": {
+                "imageReference": {"publisher": values.get("image_publisher"), "offer": values.get("image_offer"),
+                                   "sku": values.get("image_sku"), "version": values.get("image_version") or "latest"},
+                "osDisk": {"name": "pkros" + suffix, "createOption": "FromImage", "deleteOption": "Delete",
+                           "osType": values.get("os_type") or "Linux"}},
+            "osProfile": {"computerName": vm_name, "adminUsername": "packer",
+                          "linuxConfiguration": {"disablePasswordAuthentication": True}},
+            "networkProfile": {"networkInterfaces": [{"id": nic_body["id"],
+                                                      "properties": {"deleteOption": "Delete"}}]},
+        },
+    }
+    if any(plan.get(k) for k in ("plan_name", "plan_product", "plan_publisher")):
+        vm["plan"] = {"name": plan.get("plan_name"), "product": plan.get("plan_product"),
+                      "publisher": plan.get("plan_publisher")}
+    vm_path = arm.resource_path(rg, "Microsoft.Compute/virtualMachines", vm_name)
+    code, headers, answer = arm.request("PUT", vm_path, vm)
+    if code not in (200, 201):
+        arm.delete_and_wait(nic_path)
+        arm.delete_and_wait(vnet_path)
+        err = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
+        raise BuildError(
+            "Code=\"DeploymentFailed\" Message=\"At least one resource deployment operation failed. Please list "
+            "deployment operations for details. Please see https://aka.ms/DeployOperations for usage details.\" "
+            f"Details=[{json.dumps({'code': err.get('code'), 'message': err.get('message')})}]")
+    ok, err = arm.wait(code, headers)
+    if not ok:
+        for path in (vm_path, vnet_path):
+            arm.delete_and_wait(path)
+        raise BuildError(arm_message(err))
+    return [answer["id"], vm_path, vnet_path]
+
+
 def write_manifest(settings: dict, build_name: str, artifact: dict) -> None:
     path = Path(settings.get("output") or "packer-manifest.json")
-    run_uuid = str(uuid.uuid4())
+    run_uuid = os.environ.get("PACKER_RUN_UUID") or str(uuid.uuid4())  # the wrapper's, as Packer records it
     data = {"builds": [], "last_run_uuid": ""}
     if path.exists():
         try:
@@ -954,7 +1051,8 @@ def delegate(args: list[str]) -> int:
               file=sys.stderr)
         return 1
     sys.stdout.flush()
-    os.execv(real, [real, *args])
+    env = {k: v for k, v in os.environ.items() if k not in ("PACKER_RUN_UUID", "BAKERY_FAKE_PACKER_WRAPPED")}
+    os.execve(real, [real, *args], env)  # the real Packer makes its own run uuid
     return 1  # not reached
 
 
@@ -968,11 +1066,30 @@ def log_invocation(argv: list[str]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def run_wrapped(argv: list[str]) -> int:
+    """Like Packer's wrapper (panicwrap): generate this run's PACKER_RUN_UUID and run the real work in a
+    child process with it in its environment (where the bakery's runner reads it, and what the manifest
+    post-processor records); signals to the wrapper are passed on to the child."""
+    env = dict(os.environ, PACKER_RUN_UUID=str(uuid.uuid4()), BAKERY_FAKE_PACKER_WRAPPED="1")
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env)
+
+    def forward(signum: int, frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return child.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    log_invocation(argv)
     if argv and argv[0] == "build":
+        if not os.environ.get("BAKERY_FAKE_PACKER_WRAPPED"):
+            log_invocation(argv)
+            return run_wrapped(argv)
         return build(argv[1:])
+    log_invocation(argv)
     return delegate(argv)
 
 

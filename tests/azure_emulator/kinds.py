@@ -207,6 +207,10 @@ class ResourceGroupKind(Kind):
 
 # === Microsoft.Compute ================================================================================
 class ManagedImageKind(Kind):
+    """A managed image. Captured from a VM (``sourceVirtualMachine``) it takes that VM's OS type,
+    Hyper-V generation and purchase plan (kept internally as ``meta["plan"]``: ARM does not show it,
+    but a VM made from the image must send it, see marketplace.py)."""
+
     preserve = ("sourceVirtualMachine",)
 
     def prepare(self, arm, ctx, stored, existing):
@@ -221,6 +225,8 @@ class ManagedImageKind(Kind):
                 "osType": get_path(vm.body, "properties.storageProfile.osDisk.osType") or "Linux",
                 "osState": "Generalized",
             })
+            props.setdefault("hyperVGeneration", vm.meta.get("hyper_v_generation") or "V1")
+            stored["__meta__"] = {"plan": copy.deepcopy(vm.body.get("plan")) or None}
         os_disk = storage.get("osDisk")
         if not isinstance(os_disk, dict):
             raise required("storageProfile.osDisk")
@@ -233,6 +239,11 @@ class ManagedImageKind(Kind):
         storage.setdefault("dataDisks", [])
         props.setdefault("hyperVGeneration", "V1")
         return stored
+
+    def after_put(self, arm, res, ctx, is_new):
+        meta = res.body.pop("__meta__", None)
+        if meta is not None and is_new:
+            res.meta["plan"] = meta.get("plan")
 
 
 class GalleryKind(Kind):
@@ -261,7 +272,8 @@ class GalleryImageKind(Kind):
     immutable = tuple(
         (f"properties.{p}", f"galleryImage.properties.{p}")
         for p in ("osType", "osState", "hyperVGeneration", "identifier.publisher", "identifier.offer",
-                  "identifier.sku", "architecture")
+                  "identifier.sku", "architecture", "purchasePlan.name", "purchasePlan.product",
+                  "purchasePlan.publisher")
     )
     name_pattern = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9])?"
     name_rule = ("The gallery image name '{name}' is invalid. The name can contain only alphanumeric characters, "
@@ -372,8 +384,10 @@ class GalleryImageVersionKind(Kind):
             if image is not None and image.type == GALLERY_IMAGE_VERSION.type:
                 res.meta["source_image"] = image.meta.get("source_image")
             elif image is not None:
+                plan = image.meta.get("plan") if image.type == MANAGED_IMAGE.type else image.body.get("plan")
                 res.meta["source_image"] = {"name": image.name, "tags": dict(image.tags),
-                                            "osType": get_path(image.body, "properties.storageProfile.osDisk.osType")}
+                                            "osType": get_path(image.body, "properties.storageProfile.osDisk.osType"),
+                                            "plan": copy.deepcopy(plan) or None}
             res.meta["replicated"] = []
 
     def on_succeeded(self, arm, res):
@@ -479,6 +493,8 @@ class VirtualMachineKind(Kind):
         image_ref = storage.get("imageReference") or {}
         image_id = image_ref.get("id")
         source: dict | None = None
+        required_plan: dict | None = None  # the purchase plan the image needs in the VM's body
+        generation = "V1"
         if image_id:
             image = arm.resource(image_id)
             if image is not None and image.type == GALLERY_IMAGE.type:
@@ -499,18 +515,32 @@ class VirtualMachineKind(Kind):
                                    "Replicate it to this region or change the requested region.",
                                    target="imageReference")
                 source = image.meta.get("source_image") or {}
-                os_type = get_path(arm.resource(image.parent_id).body, "properties.osType") if image.parent_id else None
+                definition = arm.resource(image.parent_id) if image.parent_id else None
+                os_type = get_path(definition.body, "properties.osType") if definition else None
+                definition_plan = get_path(definition.body, "properties.purchasePlan") if definition else None
+                required_plan = (definition_plan if isinstance(definition_plan, dict) and definition_plan
+                                 else source.get("plan"))
+                generation = (get_path(definition.body, "properties.hyperVGeneration") if definition else None) or "V1"
             else:
                 source = {"name": image.name, "tags": dict(image.tags)}
                 os_type = get_path(image.body, "properties.storageProfile.osDisk.osType")
+                required_plan = image.meta.get("plan")
+                generation = image.properties.get("hyperVGeneration") or "V1"
             disk_size = 30
         elif image_ref.get("publisher") and image_ref.get("offer") and image_ref.get("sku"):
-            os_type, disk_size = "Linux", 30  # a marketplace image: nothing of ours listens on it
+            from . import marketplace
+
+            offer, _ = marketplace.resolve(image_ref)  # 404 "Artifact: VMImage was not found." if unknown
+            os_type, disk_size = offer.os_type, 30  # a marketplace image: nothing of ours listens on it
+            required_plan, generation = offer.plan, offer.hyper_v_generation
         else:
             raise required("imageReference", "storageProfile.imageReference")
 
         os_disk = dict(storage.get("osDisk") or {})
         disk_name = os_disk.get("name") or f"{vm_name}_OsDisk_1_{uuid.uuid4().hex}"
+        from .marketplace import check_plan
+
+        check_plan(required_plan, stored.get("plan"), disk_name)
         disk_id = arm.make_id(ctx.subscription, ctx.resource_group or "", DISK, [disk_name])
         if arm.resource(disk_id) is not None:
             raise ArmError(409, "ConflictingUserInput",
@@ -560,7 +590,7 @@ class VirtualMachineKind(Kind):
         props.setdefault("hardwareProfile", {"vmSize": "Standard_DS1_v2"})
         props["vmId"] = str(uuid.uuid4())
         props["timeCreated"] = iso_now()
-        ctx_meta = {"source_image": source, "image_id": image_id}
+        ctx_meta = {"source_image": source, "image_id": image_id, "hyper_v_generation": generation}
         stored.setdefault("__meta__", {}).update(ctx_meta)
         return stored
 
@@ -575,7 +605,7 @@ class VirtualMachineKind(Kind):
         insert(arm, DISK, sub, rg, [os_disk["name"]], {
             "location": res.location, "managedBy": res.id,
             "sku": {"name": os_disk["managedDisk"]["storageAccountType"], "tier": "Standard"},
-            "properties": {"osType": os_disk["osType"], "hyperVGeneration": "V1",
+            "properties": {"osType": os_disk["osType"], "hyperVGeneration": meta.get("hyper_v_generation") or "V1",
                            "creationData": {"createOption": "FromImage",
                                             **({"imageReference": {"id": meta["image_id"]}} if meta.get("image_id") else {})},
                            "diskSizeGB": os_disk["diskSizeGB"], "diskState": "Attached",
@@ -668,7 +698,7 @@ class VirtualMachineKind(Kind):
         view = {
             "computerName": get_path(res.body, "properties.osProfile.computerName"),
             "osName": "debian", "osVersion": "12",
-            "hyperVGeneration": "V1",
+            "hyperVGeneration": res.meta.get("hyper_v_generation") or "V1",
             "disks": [{"name": os_disk.get("name"), "statuses": [{
                 "code": "ProvisioningState/succeeded", "level": "Info",
                 "displayStatus": "Provisioning succeeded", "time": now}]}],

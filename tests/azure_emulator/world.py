@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from .marketplace import ALMALINUX_9_GEN2_PLAN
 from .server import ArmEmulator
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000a1"
@@ -27,6 +28,10 @@ GALLERY = "bakery_gallery"
 VNET = "vnet-bakery-smoke"
 SUBNET = "snet-smoke"
 SMOKE_CIDR = "198.51.100.0/28"
+# The purchase plan of each image family's Marketplace base, as its template's plan_* variables say
+# (include/packer/<template>/variables.pkr.hcl): AlmaLinux's carries one, Canonical's none. The gallery
+# image definition must carry it too (docs/azure.md), and so must every VM made from the image.
+BASE_PLANS: dict[str, dict | None] = {"rhel9-nginx": dict(ALMALINUX_9_GEN2_PLAN), "ubuntu2404-nginx": None}
 
 
 @dataclass
@@ -71,17 +76,23 @@ class AzureWorld:
             connection_verify=self.emu.ca_bundle, polling_interval=0.05))
 
     # --- infrastructure -----------------------------------------------------------------------------
-    def create_infrastructure(self, image_definitions: tuple[str, ...] = ("rhel9-nginx",)) -> None:
+    def create_infrastructure(self, image_definitions: tuple[str, ...] = ("rhel9-nginx",), **definition: Any) -> None:
+        """Resource groups, gallery, image definitions (Linux, generalized, Hyper-V V2, with the family's
+        purchase plan, as docs/azure.md creates them; ``definition`` overrides their properties, e.g.
+        ``hyperVGeneration="V1"`` or ``purchasePlan=None``) and the smoke-test VNet."""
         az = self.clients()
         try:
             for rg in (IMAGES_RG, GALLERY_RG, SMOKE_RG):
                 az.resource.resource_groups.create_or_update(rg, {"location": self.location})
             az.compute.galleries.begin_create_or_update(GALLERY_RG, GALLERY, {"location": self.location}).result()
             for name in image_definitions:
+                props = {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2",
+                         "identifier": {"publisher": "bakery", "offer": name, "sku": "nightly"}}
+                if BASE_PLANS.get(name):
+                    props["purchasePlan"] = dict(BASE_PLANS[name])
+                props.update(definition)
                 az.compute.gallery_images.begin_create_or_update(GALLERY_RG, GALLERY, name, {
-                    "location": self.location,
-                    "properties": {"osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2",
-                                   "identifier": {"publisher": "bakery", "offer": name, "sku": "nightly"}},
+                    "location": self.location, "properties": {k: v for k, v in props.items() if v is not None},
                 }).result()
             az.network.virtual_networks.begin_create_or_update(SMOKE_RG, VNET, {
                 "location": self.location,
@@ -91,19 +102,26 @@ class AzureWorld:
         finally:
             az.close()
 
-    def make_managed_image(self, image: str, version: str, rg: str = IMAGES_RG) -> str:
-        """What the azure-arm build leaves: a generalized managed image named <image>-<version with dashes>."""
+    def make_managed_image(self, image: str, version: str, rg: str = IMAGES_RG, *,
+                           plan: dict | None | str = "base") -> str:
+        """What the azure-arm build leaves: a generalized managed image named <image>-<version with dashes>,
+        captured from a VM of the family's Marketplace base: it keeps that base's purchase plan (``plan``:
+        "base" = BASE_PLANS[image], or a plan, or None), which ARM does not show but requires of every VM
+        made from the image (the fake packer makes it so by really capturing a build VM)."""
         from bakery.targets.azure import managed_image_name
 
         az = self.clients()
         try:
-            return az.compute.images.begin_create_or_update(rg, managed_image_name(image, version), {
+            image_id = az.compute.images.begin_create_or_update(rg, managed_image_name(image, version), {
                 "location": self.location, "tags": {"image": image, "version": version, "managed_by": "image-bakery"},
                 "properties": {"storageProfile": {"osDisk": {"osType": "Linux", "osState": "Generalized"}},
                                "hyperVGeneration": "V2"},
             }).result().id
         finally:
             az.close()
+        with self.emu.arm.lock:
+            self.emu.state.get(image_id).meta["plan"] = BASE_PLANS.get(image) if plan == "base" else plan
+        return image_id
 
     def azure_block(self, image_definition: str = "rhel9-nginx", **more: Any) -> dict:
         """The catalogue's ``azure:`` block for this world."""

@@ -49,6 +49,7 @@ def world():
 SBOM_CONN = "sbom_azurite"
 SBOM_CONTAINER = "image-sboms"
 ALMALINUX = {"image_publisher": "almalinux"}  # what the fake build VM of rhel9-nginx lists
+ALMALINUX_PLAN = {"name": "9-gen2", "product": "almalinux-x86_64", "publisher": "almalinux"}
 NGINX_UPDATE = "1:1.20.1-16.el9_4.1"
 
 
@@ -167,9 +168,15 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert deny["properties"]["access"] == "Deny" and deny["properties"]["sourceAddressPrefix"] == "*"
     assert rule["properties"]["sourceAddressPrefix"] == SMOKE_CIDR
     assert rule["properties"]["destinationPortRange"] == str(emu.vm_http_port)
-    (vm_put,) = [r for r in emu.requests("PUT", r"/virtualMachines/") if not r.fault]
+    (vm_put,) = [r for r in emu.requests("PUT", r"/virtualMachines/smoke-") if not r.fault]
     assert vm_put.body["properties"]["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"] is True
     assert vm_put.body["tags"]["dag_run_id"] == bake.run_id and vm_put.body["tags"]["purpose"] == "smoke-test"
+    # AlmaLinux's purchase plan: the build VM (Packer's plan_info) and the smoke VM from the image captured
+    # from it (prepare's plan, from the template's plan_* variables) both send it; Azure, and the emulator,
+    # refuse either without it (VMMarketplaceInvalidInput)
+    (build_vm_put,) = [r for r in emu.requests("PUT", r"/virtualMachines/pkrvm") if not r.fault]
+    assert build_vm_put.body["plan"] == vm_put.body["plan"] == ALMALINUX_PLAN
+    assert bake.xcom("prepare")["record"]["extra"]["purchase_plan"] == ALMALINUX_PLAN
     assert world.leftovers() == []
     assert world.created_twice() == []
 
@@ -237,8 +244,9 @@ def test_with_throttling_and_server_errors_the_run_succeeds_creating_nothing_twi
     emu.faults.random(0.2, statuses=(429, 503), seed=20261126, retry_after=0, max_per_request=2)
     # ... and, whatever the dice say, every kind of create and delete is refused once first
     for method, path in [("PUT", r"/images/rhel9-nginx-"), ("PUT", r"/networkSecurityGroups/"),
-                         ("PUT", r"/publicIPAddresses/"), ("PUT", r"/networkInterfaces/"),
-                         ("PUT", r"/virtualMachines/"), ("DELETE", r"/virtualMachines/"),
+                         ("PUT", r"/publicIPAddresses/"), ("PUT", r"/networkInterfaces/smoke-"),
+                         ("PUT", r"/virtualMachines/pkrvm"), ("PUT", r"/virtualMachines/smoke-"),
+                         ("DELETE", r"/virtualMachines/"),
                          ("PUT", r"/versions/[0-9.]+$"), ("DELETE", r"/versions/[0-9.]+$"),
                          ("DELETE", r"/images/rhel9-nginx-")]:
         emu.faults.add(503 if method == "PUT" else 429, method=method, path=path, times=1, retry_after=0)

@@ -134,6 +134,11 @@ def tis(af, run_id: str) -> dict[str, dict]:
     return {t["task_id"]: t for t in af.task_instances(DAG, run_id)}
 
 
+def log_of(af, run_id: str, task: str) -> str:
+    """The task's log of its latest try (a backfill that reprocesses a run starts new tries)."""
+    return af.task_log(DAG, run_id, task, try_number=max(1, tis(af, run_id)[task]["try_number"]))
+
+
 def xcom(af, run_id: str, task: str):
     from urllib.request import quote
 
@@ -213,7 +218,7 @@ def test_nightlies_record_their_packages_and_the_diff(world):
     v2 = version_for_run(run_type="scheduled", logical_date=parse(s2["logical_date"]), run_after=None)
     assert published(world) == [v1, v2] and os.readlink(gallery(world) / "latest") == v2
     assert canary_of(manifest(world, v2)) == "2.0"
-    publish_log = af.task_log(DAG, s2["dag_run_id"], "publish")
+    publish_log = log_of(af, s2["dag_run_id"], "publish")
     assert f"packages {v1} -> {v2}" in publish_log and "^ bakery-canary 1.0 -> 2.0 (all)" in publish_log
     cli = bakery_cli(world, "diff", IMAGE, v1, v2)
     assert cli.returncode == 0 and "bakery-canary 1.0 -> 2.0" in cli.stdout, cli.stdout + cli.stderr
@@ -224,6 +229,7 @@ def test_nightlies_record_their_packages_and_the_diff(world):
     story.done.add("nightlies")
 
 
+@pytest.mark.guarantee("concurrent-runs")
 def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_once(world):
     af, story = world["af"], world["story"]
     story.need("nightlies")
@@ -232,7 +238,7 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     pruner = af.trigger(DAG, conf={"prune_keep": 1})
     assert af.wait_run(DAG, pruner["dag_run_id"])["state"] == "success"
     assert published(world) == [v2]
-    assert "deleted " + v1 in af.task_log(DAG, pruner["dag_run_id"], "prune")
+    assert "deleted " + v1 in log_of(af, pruner["dag_run_id"], "prune")
 
     t1, t2 = parse(s1["logical_date"]), parse(s2["logical_date"])
     dates = [t1 - timedelta(minutes=5), t1, t2]
@@ -255,7 +261,7 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     assert rebuilt["inputs"]["label"] == f"pool@{v1}" and rebuilt["run_type"] == "backfill" and rebuilt["rebuilt_at"]
     assert manifest(world, v1) == m1, "the rebuild from the pool differs from the pruned version's manifest"
     assert canary_of(manifest(world, v1)) == "1.0"  # though the mirror serves only 2.0 now
-    build_log = af.task_log(DAG, next(r for r in runs if parse(r["logical_date"]) == t1)["dag_run_id"], "build")
+    build_log = log_of(af, next(r for r in runs if parse(r["logical_date"]) == t1)["dag_run_id"], "build")
     assert f"exact rebuild: all" in build_log and f"packages of {v1}'s pool index installed as recorded" in build_log
     assert meta(world, v0)["inputs"]["kind"] == "current" and canary_of(manifest(world, v0)) == "2.0"
     s2_again = next(r for r in runs if parse(r["logical_date"]) == t2)
@@ -298,11 +304,12 @@ def test_the_following_nightly_skips_unchanged_and_keeps_the_backfills_rebuilds(
     decision = xcom(af, run["dag_run_id"], "check_changes")
     assert decision["build"] is False and decision["compared_with"] == v2
     assert "nothing changed since" in decision["reasons"][0]
-    prune_log = af.task_log(DAG, run["dag_run_id"], "prune")
+    prune_log = log_of(af, run["dag_run_id"], "prune")
     assert published(world) == [v0, v1, v2], prune_log[-2000:]
     assert f"keeping {v0} (rebuilt by a backfill at" in prune_log
 
 
+@pytest.mark.guarantee("bad-input")
 def test_a_backfill_of_a_date_the_bakery_cannot_rebuild_fails_before_any_build(world):
     af, story = world["af"], world["story"]
     story.need("nightlies")
@@ -318,7 +325,7 @@ def test_a_backfill_of_a_date_the_bakery_cannot_rebuild_fails_before_any_build(w
     assert run["state"] == "failed"
     states = {t: ti["state"] for t, ti in tis(af, run["dag_run_id"]).items()}
     assert states["prepare"] == "failed" and states["build"] in ("upstream_failed", None), states
-    log = af.task_log(DAG, run["dag_run_id"], "prepare", try_number=max(1, tis(af, run["dag_run_id"])["prepare"]["try_number"]))
+    log = log_of(af, run["dag_run_id"], "prepare")
     assert f"cannot rebuild {IMAGE} {version} as of {day:%Y-%m-%d %H:%M} UTC" in log
     assert "Nothing was built" in log and "allow_current_inputs=true" in log
     assert published(world) == before

@@ -4,16 +4,15 @@ global name: other developers run Packer and QEMU on this machine too."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from bakery import procfs
+import psutil
+from bakery import processes
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
@@ -31,54 +30,81 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def pids(procs: Iterable[psutil.Process]) -> list[int]:
+    return sorted(p.pid for p in procs)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live members of process group ``pgid``."""
+    return pids(processes.group(pgid))
+
+
+def descendants(pid: int) -> list[int]:
+    proc = processes.find(pid)
+    return pids(processes.tree(proc)[1:]) if proc is not None else []
+
+
+def alive(pid: int) -> bool:
+    return processes.find(pid) is not None
+
+
+def name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return ""
+
+
 def mentioning(text: str) -> list[int]:
     """Live processes (not us) whose command line contains ``text``."""
     me = os.getpid()
-    return [p for p in procfs.pids() if p != me and procfs.alive(p) and text in " ".join(procfs.cmdline(p))]
+    return [p.pid for p in processes.everything() if p.pid != me and text in " ".join(processes.cmdline(p))]
 
 
 def with_env(name: str, value: str) -> list[int]:
     """Live processes whose environment has ``name=value`` (e.g. a Packer run's token)."""
-    return [p for p in procfs.pids() if procfs.alive(p) and procfs.environ_value(p, name) == value]
+    return pids(processes.with_env(name, value))
 
 
 def qemu_mentioning(text: str) -> list[int]:
-    return [p for p in mentioning(text) if procfs.comm(p).startswith("qemu-system")]
+    return [p for p in mentioning(text) if name(p).startswith("qemu-system")]
 
 
-def alive_of(pids: Iterable[int], ticks: dict[int, int | None] | None = None) -> list[int]:
-    """Which of ``pids`` are still alive (and, with ``ticks``, still the same processes)."""
-    out = []
+def identities(pids: Iterable[int]) -> dict[int, psutil.Process]:
+    """pid -> psutil.Process (which carries the start time: the identity ``alive_of`` checks)."""
+    out = {}
     for p in pids:
-        if procfs.alive(p) and (ticks is None or procfs.start_ticks(p) == ticks.get(p)):
-            out.append(p)
+        proc = processes.find(p)
+        if proc is not None:
+            out[p] = proc
     return out
 
 
-def kill_pids(pids: Iterable[int], ticks: dict[int, int | None]) -> None:
-    """Test hygiene: SIGKILL what a failed test left running (only if still the same process)."""
-    for p in pids:
-        if procfs.alive(p) and procfs.start_ticks(p) == ticks.get(p):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
+def alive_of(pids: Iterable[int], ids: dict[int, psutil.Process] | None = None) -> list[int]:
+    """Which of ``pids`` are still alive (and, with ``ids`` from ``identities``, still the same processes)."""
+    if ids is None:
+        return [p for p in pids if alive(p)]
+    return [p for p in pids if p in ids and processes.alive(ids[p])]
 
 
 class Reaper:
     """Collects every process a test starts or observes; kills the survivors at the end."""
 
     def __init__(self) -> None:
-        self.ticks: dict[int, int | None] = {}
+        self.procs: dict[int, psutil.Process] = {}
         self.groups: set[int] = set()
         self.texts: list[str] = []
 
     def track(self, *pids: int) -> None:
         for p in pids:
-            if p not in self.ticks:
-                self.ticks[p] = procfs.start_ticks(p)
+            if p not in self.procs:
+                proc = processes.find(p)
+                if proc is not None:
+                    self.procs[p] = proc
 
     def track_group(self, pgid: int) -> None:
         self.groups.add(pgid)
-        self.track(*procfs.group_members(pgid))
+        self.track(*group_pids(pgid))
 
     def track_text(self, text: str) -> None:
         """Also kill, at the end, any process whose command line contains ``text`` (our tmp folder)."""
@@ -86,17 +112,15 @@ class Reaper:
 
     def survivors(self) -> list[int]:
         for g in self.groups:
-            self.track(*procfs.group_members(g))
+            self.track(*group_pids(g))
         for t in self.texts:
             self.track(*mentioning(t))
-        return alive_of(self.ticks, self.ticks)
+        return [p for p, proc in self.procs.items() if processes.alive(proc)]
 
     def cleanup(self) -> list[int]:
+        """Test hygiene: what a failed test left running goes at once (only if still the same process)."""
         left = self.survivors()
-        kill_pids(left, self.ticks)
-        deadline = time.monotonic() + 10
-        while alive_of(left, self.ticks) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        processes.stop([self.procs[p] for p in left], grace_seconds=0)
         return left
 
 

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 import pytest
 import recording_packer
 import yaml
+from bakery.templates import render
 from faultkit import REPO
 
-PACKER_DIR = REPO / "include" / "packer"
 CATALOGUE = REPO / "include" / "catalogue.yaml"
 REAL_PACKER = recording_packer.REAL_PACKER
 DATE = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -142,9 +142,13 @@ def local_variables(ctx: Ctx, base: Path | None = None) -> dict:
             "package_list_path": str(work / "packages.tsv")}
 
 
+def rendered(ctx: Ctx, family: str) -> Path:
+    """The family's Packer folder as prepare renders it (bakery.templates), in the row's folder."""
+    return render(family, ctx.tmp / "templates" / family)
+
+
 def broken_template(ctx: Ctx, old: str, new: str) -> Path:
-    folder = ctx.tmp / "templates" / "debian12-nginx"
-    shutil.copytree(PACKER_DIR / "debian12-nginx", folder)
+    folder = rendered(ctx, "debian12-nginx")
     hcl = folder / "debian12-nginx.pkr.hcl"
     text = hcl.read_text()
     assert text.count(old) == 1
@@ -185,7 +189,7 @@ def base_image_vanished(ctx: Ctx) -> str:
     variables = local_variables(ctx, base)
     base.unlink()  # gone between prepare and validate/build (a rebuild pruned the old recipe, or a person)
     ctx.values["base"] = str(base)
-    return qemu_validate(ctx, PACKER_DIR / "debian12-nginx", variables)
+    return qemu_validate(ctx, rendered(ctx, "debian12-nginx"), variables)
 
 
 def catalogue_error(mutate: Callable[[dict], None]) -> Callable[[Ctx], str]:
@@ -242,6 +246,26 @@ def param_error(dag_id: str, conf: dict) -> Callable[[Ctx], str]:
     return provoke
 
 
+def unknown_conf_key(dag_id: str, conf: dict) -> Callable[[Ctx], str]:
+    """The prepare task of the DAG as Airflow parses it, in a run triggered with ``conf``: Airflow's Param
+    validation lets a key that is no Param through (and merges it into the run's params); prepare refuses it."""
+
+    def provoke(ctx: Ctx) -> str:
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.serialization.serialized_objects import DagSerialization
+
+        bag = DagBag(dag_folder=str(REPO / "dags" / "image_bakery.py"))
+        dag = DagSerialization.from_dict(DagSerialization.to_dict(bag.dags[dag_id]))
+        dag.params.deep_merge(conf).validate()  # Airflow itself accepts it
+        op = bag.dags[dag_id].get_task("prepare")
+        run = SimpleNamespace(run_type="manual", logical_date=None, run_after=DATE, run_id="manual__typo", conf=conf)
+        message = error_of(lambda: op.execute({"dag_run": run}), Exception)
+        assert not (ctx.tmp / "bakery").exists(), "prepare went on: the bakery home was created"
+        return message
+
+    return provoke
+
+
 def airflow_cli(*args: str) -> Callable[[Ctx], str]:
     def provoke(ctx: Ctx) -> str:
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -281,7 +305,7 @@ def version_packer_rejects(ctx: Ctx) -> str:
                  "build_resource_group_name": "", "managed_image_resource_group_name": "rg-bakery-images",
                  "manifest_path": str(ctx.tmp / "manifest.json"), "package_list_path": str(ctx.tmp / "packages.tsv")}
     op = AzurePackerOperator(task_id="validate", command="validate", conn_id="azure_validate",
-                             template_dir=str(PACKER_DIR / "rhel9-nginx-azure"), variables=variables)
+                             template_dir=str(rendered(ctx, "rhel9-nginx-azure")), variables=variables)
     return error_of(lambda: op.execute({}), AirflowFailException)
 
 
@@ -339,12 +363,12 @@ def tools_path(ctx: Ctx, *tools: str) -> None:
 
 
 def no_packer(ctx: Ctx) -> str:
-    tools_path(ctx, "qemu-system-x86_64", "qemu-img", "ssh-keygen")
+    tools_path(ctx, "qemu-system-x86_64", "qemu-img")
     return prepare_task(ctx, "debian12-nginx")
 
 
 def no_qemu(ctx: Ctx) -> str:
-    tools_path(ctx, "packer", "qemu-img", "ssh-keygen")
+    tools_path(ctx, "packer", "qemu-img")
     return prepare_task(ctx, "debian12-nginx")
 
 
@@ -363,19 +387,20 @@ TABLE = [
     Bad("template-syntax-error", "template syntax error",
         "QemuPackerOperator validate of a copy of debian12-nginx with `format = = \"qcow2\"`", syntax_error,
         ("AirflowFailException: packer validate of {tmp}/templates/debian12-nginx failed with exit code 1:",
-         "Error: Invalid expression", "on {hcl} line 19, in source \"qemu\" \"debian12\":",
-         "19:   format           = = \"qcow2\"",
+         "Error: Invalid expression", "on {hcl} line 22, in source \"qemu\" \"debian12\":",
+         "22:   format           = = \"qcow2\"",
          "Expected the start of an expression, but found an invalid expression token."), packer="validate"),
     Bad("template-undeclared-variable", "template uses an unknown variable",
         "QemuPackerOperator validate of a copy of debian12-nginx using var.memroy", undeclared_variable,
         ("AirflowFailException: packer validate of {tmp}/templates/debian12-nginx failed with exit code 1:",
-         "Error: Unsupported attribute", "on {hcl} line 25:",
+         "Error: Unsupported attribute", "on {hcl} line 28:",
          "This object does not have an attribute named \"memroy\"."), packer="validate"),
     Bad("catalogue-variable-undeclared", "catalogue sets a variable the template does not declare",
         "catalogue variables: {disk_sise: 20G}; the prepare task", catalogue_variable_not_in_template,
         (("PreflightError: {catalogue}: image 'debian12-nginx', field 'variables.disk_sise': the template "
-         "{repo}/include/packer/debian12-nginx declares no variable 'disk_sise' (Packer would only warn and build "
-         "without it)"), "fix the name, or declare it in {repo}/include/packer/debian12-nginx/variables.pkr.hcl",
+         "debian12-nginx ({repo}/include/packer/debian12-nginx) declares no variable 'disk_sise' (Packer would only "
+         "warn and build without it)"), ("fix the name, or declare it in "
+         "{repo}/include/packer/shared/qemu/variables.pkr.hcl.j2 (the variables of every qemu family)"),
          ("the template's variables: accelerator, apt_conf_b64, apt_sources_b64, base_image_checksum, base_image_path, cpu_model, cpus, disk_compression, "
          "disk_size,"))),
     # --- the local base image -----------------------------------------------------------------------------
@@ -440,6 +465,15 @@ TABLE = [
     Bad("param-wrong-type-bool", "trigger Param of the wrong type", "conf {replace_existing: \"yes\"}",
         param_error("bake_rhel9_nginx", {"replace_existing": "yes"}),
         ("ParamValidationError: Invalid input for param replace_existing: 'yes' is not of type 'boolean'",)),
+    Bad("conf-unknown-key", "trigger conf with a key that is no Param",
+        "conf {prune_kep: 1} (a typo of prune_keep); the prepare task of bake_debian12_nginx",
+        unknown_conf_key("bake_debian12_nginx", {"prune_kep": 1}),
+        (("UnknownConfKeys: the run's conf has a key that is not a Param of bake_debian12_nginx: 'prune_kep' (did "
+          "you mean 'prune_keep' for 'prune_kep'?). Nothing was baked: trigger the run again with the Params' own "
+          "names."), ("Valid Params: accelerator (one of auto/kvm/tcg, default 'auto'); allow_current_inputs "
+          "(boolean, default False); force_rebuild (boolean, default False); prune_dry_run (boolean, default "
+          "False); prune_keep (integer, default 3); replace_existing (boolean, default False); "
+          "smoke_timeout_seconds (integer, default 600)"))),
     # --- names -----------------------------------------------------------------------------------------
     Bad("unknown-image-cli", "unknown image", "python -m bakery.cli show debian12-ngnix", cli_show_unknown,
         (("bakery: no image 'debian12-ngnix' in the catalogue {catalogue} (its images: debian12-nginx, rhel9-nginx, "
@@ -455,11 +489,11 @@ TABLE = [
     # --- versions ------------------------------------------------------------------------------------
     Bad("version-packer", "a version Azure would reject (template)",
         "the Azure validate task with image_version 2026.1120.200000-rc1", version_packer_rejects,
-        ("AirflowFailException: packer validate of {repo}/include/packer/rhel9-nginx-azure failed with exit code 1:",
+        ("AirflowFailException: packer validate of {tmp}/templates/rhel9-nginx-azure failed with exit code 1:",
          "Error: Invalid value for varfile variable",
          "The image_version must be Major.Minor.Patch: three non-negative integers below",
          "2^31 without leading zeros, e.g. 2026.1128.200000.",
-         "checked by the validation rule at\n    {repo}/include/packer/rhel9-nginx-azure/variables.pkr.hcl:110,3-13"),
+         "checked by the validation rule at\n    {tmp}/templates/rhel9-nginx-azure/variables.pkr.hcl:110,3-13"),
         packer="validate"),
     Bad("version-target", "a version Azure would reject (Azure target)",
         "AzureTarget.prepare of a record with version 2026.0120.200000", version_azure_rejects,
@@ -481,11 +515,11 @@ TABLE = [
          "secret's id) and not expired, its login the application (client) id, extra.tenantId the tenant of that "
          "application"))),
     # --- the worker --------------------------------------------------------------------------------------
-    Bad("no-packer", "no Packer on PATH", "PATH with QEMU and ssh-keygen only; the prepare task", no_packer,
+    Bad("no-packer", "no Packer on PATH", "PATH with QEMU and qemu-img only; the prepare task", no_packer,
         ("PreflightError: image 'debian12-nginx' (target local) cannot be baked on this worker:",
          ("packer is not on PATH (it runs the Packer templates (validate, build)): install the Debian package packer "
          "(apt-get install -y packer)"), "PATH of this worker: {bin}")),
-    Bad("no-qemu", "no QEMU on PATH (local image)", "PATH with Packer, qemu-img and ssh-keygen; the prepare task",
+    Bad("no-qemu", "no QEMU on PATH (local image)", "PATH with Packer and qemu-img; the prepare task",
         no_qemu,
         ("PreflightError: image 'debian12-nginx' (target local) cannot be baked on this worker:",
          ("qemu-system-x86_64 is not on PATH (it boots the build VM and the smoke-test VM of the local target): "
@@ -516,6 +550,7 @@ def test_the_table_covers_every_bad_input_of_the_issue():
         "template syntax error", "template uses an unknown variable", "local base image file vanished",
         "catalogue: unknown target", "catalogue: bad cron", "catalogue: bad region", "catalogue: bad version policy",
         "catalogue: smoke-test source 0.0.0.0/0", "trigger Param out of range", "trigger Param of the wrong type",
+        "trigger conf with a key that is no Param",
         "unknown image", "a version Azure would reject (template)", "a version Azure would reject (Azure target)",
         "missing Azure connection",
         "wrong Azure connection (wrong secret)", "no Packer on PATH", "no QEMU on PATH (local image)",

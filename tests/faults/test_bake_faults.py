@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bakery import procfs
+from bakery import processes
 from bakery.accel import detect_accelerator
 from bakery.digest import sha256_file
 from bakery.packer.leftovers import STATE_NAME, TOKEN_ENV, PackerState, read_state
@@ -40,6 +40,9 @@ from bakery.targets.local import LocalTarget
 from faultkit import (
     REPO,
     alive_of,
+    descendants,
+    group_pids,
+    identities,
     mentioning,
     qemu_mentioning,
     start,
@@ -110,8 +113,8 @@ def test_sigterm_during_build_then_next_run_succeeds(home, reaper, no_retries):
     wd, state, qemu = building(home)
     reaper.track_group(state.pgid)
     time.sleep(3)  # well into the build
-    tree = {proc.pid, *procfs.descendants(proc.pid), *procfs.group_members(state.pgid)}
-    ticks = {p: procfs.start_ticks(p) for p in tree}
+    tree = {proc.pid, *descendants(proc.pid), *group_pids(state.pgid)}
+    ticks = identities(tree)
     assert set(qemu) <= tree and state.pid in tree, "the QEMU/Packer are not the task's"
     assert (wd / "output").is_dir()  # the build has something to clean up
 
@@ -140,20 +143,20 @@ def test_sigterm_during_build_then_next_run_succeeds(home, reaper, no_retries):
 
 
 class Watcher(threading.Thread):
-    """While the retry runs: when (clock ticks since boot) was the old group last seen alive, and
-    which Packer run did the retry record?"""
+    """While the retry runs: when (seconds since boot, at clock-tick resolution like process start
+    times) was the old group last seen alive, and which Packer run did the retry record?"""
 
-    def __init__(self, state_file: Path, old: PackerState, old_ticks: dict[int, int | None]):
+    def __init__(self, state_file: Path, old: PackerState, old_ticks: dict):
         super().__init__(daemon=True)
         self.state_file, self.old, self.old_ticks = state_file, old, old_ticks
-        self.last_old_alive: int | None = None
+        self.last_old_alive: float | None = None
         self.new_state: PackerState | None = None
         self.stop = threading.Event()
 
     def run(self) -> None:
         tck = os.sysconf("SC_CLK_TCK")
         while not self.stop.is_set():
-            now = int(float(Path("/proc/uptime").read_text().split()[0]) * tck)
+            now = int(processes.now() * tck) / tck
             if alive_of(self.old_ticks, self.old_ticks):
                 self.last_old_alive = now
             st = read_state(self.state_file)
@@ -173,7 +176,7 @@ def test_sigkill_during_build_then_retry_of_the_task(home, reaper):
     reaper.track_group(old.pgid)
     time.sleep(3)
     old_pids = with_env(TOKEN_ENV, old.token)
-    old_ticks = {p: procfs.start_ticks(p) for p in old_pids}
+    old_ticks = identities(old_pids)
     assert set(qemu) <= set(old_pids) and old.pid in old_pids
 
     proc.kill()  # the worker dies: no on_kill, no signal handler, nothing
@@ -197,7 +200,7 @@ def test_sigkill_during_build_then_retry_of_the_task(home, reaper):
     assert alive_of(old_pids, old_ticks) == []
     assert watcher.new_state is not None, f"the retry never started Packer:\n{tail(log2)}"
     assert watcher.last_old_alive is not None
-    assert watcher.new_state.start_ticks >= watcher.last_old_alive, "the retry's Packer started before the leftover was gone"
+    assert watcher.new_state.start_time >= watcher.last_old_alive, "the retry's Packer started before the leftover was gone"
     (artifact,) = (wd / "output").glob("*.qcow2")
     check = subprocess.run(["qemu-img", "check", str(artifact)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -333,7 +336,7 @@ def nginx_image(home) -> Path:
                           text=True, env={**os.environ, "BAKERY_HOME": str(home), "TMPDIR": str(home / "tmp")},
                           timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    (disk,) = (home / "gallery" / IMAGE).glob("*/disk.qcow2")
+    (disk,) = [d for d in (home / "gallery" / IMAGE).glob("*/disk.qcow2") if d.parent.name != "latest"]
     return disk
 
 

@@ -15,13 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from bakery import procfs
+from bakery import processes
 from bakery.janitor import local_sweepers, sweep
 from bakery.packer.leftovers import STATE_NAME, TOKEN_ENV, read_state
 from bakery.record import BakeRecord
 from bakery.targets.local import LocalTarget
-from faultkit import REPO, TEMPLATES, py, python_script, start, wait_for, with_env
+from faultkit import REPO, TEMPLATES, alive, group_pids, name, py, python_script, start, wait_for, with_env
 
 TTL = 10.0
 IMAGE = "img"
@@ -79,7 +80,7 @@ def orphaned_qemu_vm(tmp_path: Path, home: Path, disk_path: Path, name: str, rea
     reaper.track(pid)
     owner.kill()
     owner.wait(10)
-    wait_for(lambda: procfs.ppid(pid) == 1, 10, "the QEMU to be re-parented")
+    wait_for(lambda: psutil.Process(pid).ppid() == 1, 10, "the QEMU to be re-parented")
     return pid
 
 
@@ -89,8 +90,13 @@ def foreign_qemu(args: list[str], reaper) -> int:
                          capture_output=True, text=True, check=True, start_new_session=True)
     pid = int(out.stdout)
     reaper.track(pid)
-    wait_for(lambda: procfs.comm(pid).startswith("qemu-system"), 10, "the foreign QEMU")
+    wait_for(lambda: name(pid).startswith("qemu-system"), 10, "the foreign QEMU")
     return pid
+
+
+def age(pid: int) -> float:
+    proc = processes.find(pid)
+    return (processes.age(proc) if proc is not None else None) or 0.0
 
 
 def by_id(report: dict) -> dict[str, dict]:
@@ -156,20 +162,21 @@ def test_janitor_dry_run_then_removal(tmp_path, reaper):
                                              f"file={elsewhere},if=none,format=qcow2,readonly=on"], reaper)
 
     # --- age the processes past the TTL, then make young ones ------------------------------------
-    wait_for(lambda: min(procfs.age_seconds(old_qemu), procfs.age_seconds(state.pid)) > TTL + 1, 60, "the TTL to pass")
+    wait_for(lambda: min(age(old_qemu), age(state.pid)) > TTL + 1, 60, "the TTL to pass")
     young_qemu = orphaned_qemu_vm(tmp_path, home, disk(work / V2 / "output" / "disk.qcow2"), "bakery-smoke-young", reaper)
     young_staging = gallery / IMAGE / ".staging-2026.1108.200000-live0003"
     young_staging.mkdir()
     (young_staging / "disk.qcow2").write_bytes(b"copying")
     temp_dirs = {p.name: p for p in tmp.iterdir()}
-    old_qemu_tmp = next(p for p in temp_dirs.values() if procfs.environ_value(old_qemu, "TMPDIR") == str(p))
+    old_qemu_tmp = next(p for p in temp_dirs.values()
+                        if processes.environ_value(psutil.Process(old_qemu), "TMPDIR") == str(p))
     packer_tmp = next(p for n, p in temp_dirs.items() if n.startswith("bakery-packer-"))
     age_tree(old_qemu_tmp)
     age_tree(packer_tmp)
 
     everything = [work / v for v in (V1, V2, V3, V5, V6)] + [dead_staging, dead_trash, young_staging, old_key,
                                                             old_qemu_tmp, packer_tmp]
-    processes = [old_qemu, young_qemu, not_marked, not_our_path, *packer_pids]
+    pids = [old_qemu, young_qemu, not_marked, not_our_path, *packer_pids]
 
     def sweepers():
         return local_sweepers(home, tmp_root=tmp, grace_seconds=20)
@@ -180,7 +187,7 @@ def test_janitor_dry_run_then_removal(tmp_path, reaper):
     assert time.monotonic() - t0 < 10
     json.dumps(dry)  # JSON-able
     assert all(p.exists() for p in everything), "the dry run removed something"
-    assert all(procfs.alive(p) for p in processes), "the dry run stopped a process"
+    assert all(alive(p) for p in pids), "the dry run stopped a process"
     items = by_id(dry)
     assert items[f"pid {old_qemu}"]["action"] == "would remove"
     assert items[f"pid {young_qemu}"]["action"].startswith("kept: younger than the TTL")
@@ -203,13 +210,13 @@ def test_janitor_dry_run_then_removal(tmp_path, reaper):
     real = sweep(sweepers(), ttl_seconds=TTL, dry_run=False, log=print)
     json.dumps(real)
     assert real["errors"] == 0, real
-    assert not procfs.alive(old_qemu)
-    assert with_env(TOKEN_ENV, state.token) == [] and procfs.group_members(state.pgid) == []
+    assert not alive(old_qemu)
+    assert with_env(TOKEN_ENV, state.token) == [] and group_pids(state.pgid) == []
     for p in (work / V1, work / V5, work / V6, dead_staging, dead_trash, old_key, old_qemu_tmp, packer_tmp):
         assert not p.exists(), f"{p} was not removed"
     for p in (work / V2, work / V3, young_staging):
         assert p.exists(), f"{p} was removed"
-    assert procfs.alive(young_qemu) and procfs.alive(not_marked) and procfs.alive(not_our_path)
+    assert alive(young_qemu) and alive(not_marked) and alive(not_our_path)
     assert holder.poll() is None
     assert [v.version for v in target.list_versions(IMAGE)] == [V0] and target.latest(IMAGE) == V0
     assert (gallery / IMAGE / V0 / "disk.qcow2").read_bytes() == b"published"

@@ -7,7 +7,6 @@ The slow variant with a real QEMU build through Airflow is in test_bake_faults.p
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from bakery import procfs
+from bakery import processes
 from bakery.packer.leftovers import (
     STATE_NAME,
     TOKEN_ENV,
@@ -27,11 +26,12 @@ from bakery.packer.leftovers import (
     write_state,
 )
 from bakery.packer.runner import PackerRunner
-from faultkit import TEMPLATES, py, python_script, start, wait_for, with_env
+from faultkit import TEMPLATES, alive_of, group_pids, identities, py, python_script, start, wait_for, with_env
 
 needs_packer = pytest.mark.needs_tools("packer")
 
 G_KILLED = pytest.mark.guarantee("build-killed-then-retried")
+TICKS = os.sysconf("SC_CLK_TCK")
 G_REUSED = pytest.mark.guarantee("build-killed-then-retried")
 
 SLEEPER = """
@@ -61,7 +61,7 @@ def record(path: Path, proc: subprocess.Popen, token: str, **over) -> PackerStat
     state = PackerState.new("tmpl", "build")
     state.token = token
     state.pid = state.pgid = proc.pid
-    state.start_ticks = procfs.start_ticks(proc.pid)
+    state.start_time = processes.start_time(processes.Process(proc.pid))
     for k, v in over.items():
         setattr(state, k, v)
     write_state(path, state)
@@ -69,8 +69,7 @@ def record(path: Path, proc: subprocess.Popen, token: str, **over) -> PackerStat
 
 
 def finish(proc: subprocess.Popen) -> None:
-    if procfs.group_members(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
+    processes.stop(group=proc.pid, grace_seconds=0)  # our child, not reaped yet: the group is its
     proc.wait(10)
 
 
@@ -80,7 +79,7 @@ def test_a_recorded_live_group_is_stopped_sigterm_then_sigkill(tmp_path, mode, a
     token = uuid.uuid4().hex
     proc = spawn_group(tmp_path, token, mode)
     try:
-        members = procfs.group_members(proc.pid)
+        members = group_pids(proc.pid)
         assert len(members) == 2
         state_file = tmp_path / STATE_NAME
         record(state_file, proc, token)
@@ -88,7 +87,7 @@ def test_a_recorded_live_group_is_stopped_sigterm_then_sigkill(tmp_path, mode, a
         report = stop_leftover(state_file, grace_seconds=2, log=print)
         elapsed = time.monotonic() - t0
         assert report["action"] == action and sorted(report["pids"]) == sorted(members)
-        assert procfs.group_members(proc.pid) == []
+        assert group_pids(proc.pid) == []
         assert not state_file.exists()
         # bounded: SIGTERM honoured at once; ignored -> SIGKILL right after the 2 s grace
         assert elapsed < 2 if action == "stopped" else 2 <= elapsed < 8
@@ -102,10 +101,10 @@ def test_a_pid_that_is_not_the_recorded_packer_is_never_signalled(tmp_path, case
     token = uuid.uuid4().hex
     proc = spawn_group(tmp_path, None if case.startswith("leader gone") else "not-" + token)
     try:
-        members = procfs.group_members(proc.pid)
+        members = group_pids(proc.pid)
         state_file = tmp_path / STATE_NAME
         if case == "other start time":  # the pid was reused by an unrelated process
-            record(state_file, proc, token, start_ticks=procfs.start_ticks(proc.pid) - 1000)
+            record(state_file, proc, token, start_time=processes.start_time(processes.Process(proc.pid)) - 10)
         elif case == "other boot":
             record(state_file, proc, token, boot_id="00000000-0000-0000-0000-000000000000")
         else:  # recorded leader pid is not alive; the group members carry no (or another) token
@@ -113,7 +112,7 @@ def test_a_pid_that_is_not_the_recorded_packer_is_never_signalled(tmp_path, case
         assert live_processes(read_state(state_file)) == []
         report = stop_leftover(state_file, grace_seconds=1, log=print)
         assert report["action"] == "none" and report["pids"] == []
-        assert sorted(procfs.group_members(proc.pid)) == sorted(members), "an unrelated process was signalled"
+        assert group_pids(proc.pid) == members, "an unrelated process was signalled"
         assert proc.poll() is None
         assert not state_file.exists()  # the stale record is dropped
     finally:
@@ -131,8 +130,8 @@ def test_killed_before_the_pid_was_recorded_packer_is_found_by_its_token(tmp_pat
         write_state(tmp_path / STATE_NAME, state)
         report = stop_leftover(tmp_path / STATE_NAME, grace_seconds=2, log=print)
         assert report["action"] == "stopped"
-        assert procfs.group_members(ours.pid) == []
-        assert len(procfs.group_members(other.pid)) == 2, "a process with another token was signalled"
+        assert group_pids(ours.pid) == []
+        assert len(group_pids(other.pid)) == 2, "a process with another token was signalled"
     finally:
         finish(ours)
         finish(other)
@@ -151,23 +150,19 @@ def runner_script(tmp_path: Path, work: Path, sleep: int) -> Path:
 
 class Watcher(threading.Thread):
     """Samples, every few ms, whether the old Packer group is alive and whether a new Packer run
-    has been recorded; remembers when (in clock ticks since boot, like /proc start times)."""
+    has been recorded; remembers when (in seconds since boot, like process start times)."""
 
-    def __init__(self, state_file: Path, old_pids: list[int], old_ticks: dict[int, int | None], old_token: str):
+    def __init__(self, state_file: Path, old_pids: list[int], old_ids: dict, old_token: str):
         super().__init__(daemon=True)
-        self.state_file, self.old_pids, self.old_ticks, self.old_token = state_file, old_pids, old_ticks, old_token
-        self.last_old_alive: int | None = None
+        self.state_file, self.old_pids, self.old_ids, self.old_token = state_file, old_pids, old_ids, old_token
+        self.last_old_alive: float | None = None
         self.new_state: PackerState | None = None
         self.stop = threading.Event()
 
-    @staticmethod
-    def now_ticks() -> int:
-        return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
-
     def run(self) -> None:
         while not self.stop.is_set():
-            t = self.now_ticks()
-            if any(procfs.alive(p) and procfs.start_ticks(p) == self.old_ticks[p] for p in self.old_pids):
+            t = int(processes.now() * TICKS) / TICKS  # at the resolution of start times, like them rounded down
+            if alive_of(self.old_pids, self.old_ids):
                 self.last_old_alive = t
             st = read_state(self.state_file)
             if self.new_state is None and st is not None and st.token != self.old_token and st.pid:
@@ -188,18 +183,18 @@ def test_runner_killed_hard_then_retry_stops_the_leftover_first_and_builds(tmp_p
     old = read_state(state_file)
     assert old is not None and old.pid
     reaper.track_group(old.pgid)
-    old_pids = procfs.group_members(old.pgid)
-    old_ticks = {p: procfs.start_ticks(p) for p in old_pids}
+    old_pids = group_pids(old.pgid)
+    old_ids = identities(old_pids)
     assert len(old_pids) >= 3  # packer (x2), provisioner plugin, sh, sleep
-    first.send_signal(signal.SIGKILL)  # the task dies without a word
+    first.kill()  # the task dies without a word
     first.wait(10)
     time.sleep(1)
     # the collision risk is real: Packer survived its caller and is still "building"
-    assert sorted(with_env(TOKEN_ENV, old.token)) == sorted(p for p in old_pids if procfs.alive(p))
-    assert procfs.alive(old.pid)
+    assert with_env(TOKEN_ENV, old.token) == alive_of(old_pids)
+    assert alive_of([old.pid])
     assert state_file.exists()
 
-    watcher = Watcher(state_file, old_pids, old_ticks, old.token)
+    watcher = Watcher(state_file, old_pids, old_ids, old.token)
     watcher.start()
     lines: list[str] = []
     retry = PackerRunner(TEMPLATES / "streaming", variables={"sleep_seconds": 1}, work_dir=work,
@@ -210,10 +205,10 @@ def test_runner_killed_hard_then_retry_stops_the_leftover_first_and_builds(tmp_p
         watcher.stop.set()
         watcher.join(5)
     assert result.ok and result.unique_artifacts()
-    assert [p for p in old_pids if procfs.alive(p) and procfs.start_ticks(p) == old_ticks[p]] == []
+    assert alive_of(old_pids, old_ids) == []
     assert watcher.new_state is not None, "the retry's Packer was never recorded"
     assert watcher.last_old_alive is not None
-    assert watcher.new_state.start_ticks >= watcher.last_old_alive, (
+    assert watcher.new_state.start_time >= watcher.last_old_alive, (
         "the retry started its Packer while the leftover group was still alive"
     )
     assert not state_file.exists()  # the retry's own record is gone with its Packer

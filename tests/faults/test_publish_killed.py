@@ -24,12 +24,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
-from bakery import procfs
 from bakery.digest import sha256_file
 from bakery.record import BakeRecord
 from bakery.targets.local import LocalTarget
 from faultkit import python_script, wait_for
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: it reached the kill point)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
 
 SIZE = 300 * 2**20
 IMAGE, OLD, NEW = "img", "2026.1127.200000", "2026.1128.200000"
@@ -96,7 +105,7 @@ def test_publish_killed_then_retried(tmp_path, big_disk, point):
     argv = [sys.executable, str(script), point, str(gallery), json.dumps(rec.to_dict()), str(SIZE // 3)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: procfs.state(child.pid) == "T" or child.poll() is not None, 120, f"the publisher to reach {point}")
+        wait_for(lambda: stopped(child.pid) or child.poll() is not None, 120, f"the publisher to reach {point}")
         assert child.poll() is None, f"the publisher ended before {point}: {child.stdout.read()}"
         at_kill = snapshot(gallery)
         staging = [n for n in at_kill["entries"] if n.startswith(f".staging-{NEW}-")]

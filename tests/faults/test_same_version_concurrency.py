@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bakery import procfs
 from bakery.packer.leftovers import STATE_NAME, read_state
 from bakery.packer.runner import PackerRunner
 from bakery.record import BakeRecord
 from bakery.targets.base import SmokeCheck
 from bakery.targets.local import LocalTarget
 from bakery.worklock import WorkBusyError
-from faultkit import REPO, TEMPLATES, py, python_script, start, wait_for
+from faultkit import REPO, TEMPLATES, group_pids, mentioning, py, python_script, start, wait_for
 
 POOL = "image_bakery_packer"
 IMAGE, VERSION = "debian12-nginx", "2026.1128.200000"
@@ -118,7 +117,7 @@ def running_build(tmp_path, monkeypatch, reaper):
     wait_for(lambda: "before the pause" in log.read_text(), 60, "the first build to be running")
     state = read_state(work / STATE_NAME)
     reaper.track_group(state.pgid)
-    members = sorted(procfs.group_members(state.pgid))
+    members = group_pids(state.pgid)
     yield {"home": home, "work": work, "proc": proc, "state": state, "members": members}
     proc.terminate()  # SIGTERM: the runner stops its Packer first
     proc.wait(60)
@@ -126,7 +125,7 @@ def running_build(tmp_path, monkeypatch, reaper):
 
 def undisturbed(build) -> None:
     assert build["proc"].poll() is None
-    assert sorted(procfs.group_members(build["state"].pgid)) == build["members"]
+    assert group_pids(build["state"].pgid) == build["members"]
     assert read_state(build["work"] / STATE_NAME).token == build["state"].token
 
 
@@ -165,7 +164,7 @@ def test_publish_and_smoke_test_of_a_version_being_built_are_refused(running_bui
     assert not (gallery / IMAGE).exists() or target.list_versions(IMAGE) == []
     with pytest.raises(WorkBusyError, match="cannot start the smoke test"):
         target.smoke_test(rec, SmokeCheck(timeout_seconds=5), print)
-    assert [p for p in procfs.pids() if rec.artifact_id in " ".join(procfs.cmdline(p))] == []  # no VM booted
+    assert mentioning(rec.artifact_id) == []  # no VM booted
     undisturbed(running_build)
 
 
@@ -177,7 +176,7 @@ def test_once_the_first_run_is_gone_the_second_proceeds(running_build, tmp_path)
     runner = PackerRunner(TEMPLATES / "streaming", variables={"sleep_seconds": 0}, work_dir=running_build["work"],
                           log=print, kill_grace_seconds=30)
     assert runner.build().ok  # and its leftover Packer was stopped first (test_packer_leftovers.py)
-    assert procfs.group_members(running_build["state"].pgid) == []
+    assert group_pids(running_build["state"].pgid) == []
     target = LocalTarget(tmp_path / "gallery")
     target.publish(record_in_work(running_build["work"]), print)
     assert [v.version for v in target.list_versions(IMAGE)] == [VERSION]

@@ -86,8 +86,9 @@ def files_with_canary(*roots: Path, exclude: tuple[Path, ...] = (), since: float
 
 
 class Sampler(threading.Thread):
-    """Every ``interval`` seconds: the command line of every process on the machine, and the files
-    under ``watch`` that hold the canary (what exists only while the run runs: var-files, keys)."""
+    """Every ``interval`` seconds: the command line and the environment of every process on the
+    machine, and the files under ``watch`` that hold the canary (what exists only while the run runs:
+    var-files, keys). ``env_hits``: (program, variable) of every environment that held the canary."""
 
     def __init__(self, interval: float = 0.2, watch: tuple[Path, ...] = ()) -> None:
         super().__init__(name="sampler", daemon=True)
@@ -97,6 +98,8 @@ class Sampler(threading.Thread):
         self.seen: set[str] = set()
         self.files_seen: set[str] = set()
         self.transient_hits: set[str] = set()
+        self.env_hits: set[tuple[str, str]] = set()
+        self.envs_read = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -105,6 +108,15 @@ class Sampler(threading.Thread):
                 cmdline = proc.info.get("cmdline")
                 if cmdline:
                     self.seen.add("\0".join(cmdline))
+                try:
+                    env = proc.environ()
+                except (psutil.Error, OSError):
+                    continue  # gone meanwhile
+                self.envs_read += 1
+                # Packer: the real binary, or the test's stand-in (a script run by python3)
+                names = [Path(a).name for a in (cmdline or [])[:2]]
+                program = "packer" if {"packer", "fake_packer.py"} & set(names) else (names[0] if names else "?")
+                self.env_hits.update((program, k) for k, v in env.items() if found_in(v.encode()))
             for root in self.watch:
                 self.files_seen.update(str(p) for p in _files(root))
                 self.transient_hits.update(files_with_canary(root))
@@ -150,7 +162,7 @@ def test_a_canary_client_secret_is_nowhere_after_a_whole_azure_bake(world, tmp_p
     private_tmp.mkdir(parents=True)
     bake = Bake(world, run, env={"TMPDIR": str(private_tmp), "BAKERY_FAKE_PACKER_BUILD_SECONDS": "2"})
     assert bake.world.client_secret == CANARY and CANARY in bake.env()[f"AIRFLOW_CONN_{CONN_ID.upper()}"]
-    sampler = Sampler(0.2, watch=(private_tmp, bake.bakery_home))
+    sampler = Sampler(0.1, watch=(private_tmp, bake.bakery_home))
     started = time.time()
     sampler.start()
     try:
@@ -170,7 +182,8 @@ def test_a_canary_client_secret_is_nowhere_after_a_whole_azure_bake(world, tmp_p
     assert world.emu.requests("PUT", r"/providers/Microsoft\.Compute/images/rhel9-nginx-2026-1129-200001$")
     assert files_with_canary(bake.packer_log) == [str(bake.packer_log)]  # the search finds it where it is
     assert sampler.samples >= 10
-    assert any("\0build\0" in c and "rhel9-nginx-azure" in c for c in sampler.seen), "the sampler missed the build"
+    assert any("\0build\0" in c and str(bake.bakery_home / "work" / "rhel9-nginx") in c for c in sampler.seen), \
+        "the sampler missed the build"
 
     # --- and it is nowhere else ------------------------------------------------------------------------
     # `airflow dags test` runs the tasks in its own process: their logs are its output (kept in
@@ -186,6 +199,13 @@ def test_a_canary_client_secret_is_nowhere_after_a_whole_azure_bake(world, tmp_p
     assert {name: [r for r in found if found_in(r.encode())] for name, found in rows.items()
             if any(found_in(r.encode()) for r in found)} == {}
     assert [c.replace("\0", " ") for c in sampler.seen if found_in(c.encode())] == []
+    # in environments only where it must be: the connection the user configured (this test gives it
+    # as AIRFLOW_CONN_*, in Airflow's processes) and PKR_VAR_client_secret of Packer itself; nowhere
+    # else (not the task's other children, not Packer's plugins' arguments, not a shell)
+    assert sampler.envs_read > 100
+    assert ("packer", "PKR_VAR_client_secret") in sampler.env_hits, "the sampler never saw Packer's environment"
+    assert {(prog, var) for prog, var in sampler.env_hits
+            if not (var == f"AIRFLOW_CONN_{CONN_ID.upper()}" or (prog == "packer" and var == "PKR_VAR_client_secret"))} == set()
     # not even for a moment in a file: the var-files Packer read while it ran were sampled too
     assert any(p.endswith(".pkrvars.json") for p in sampler.files_seen), "the sampler saw no var-file"
     assert sampler.transient_hits == set()

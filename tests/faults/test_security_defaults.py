@@ -208,6 +208,7 @@ def test_the_smoke_vm_has_no_password_login_and_a_new_key_every_time_with_no_pri
 def local_validate(tmp_path: Path, log: Path) -> dict:
     """The local validate task (QemuPackerOperator, real `packer validate` behind a recording shim)."""
     from bakery.operators.bake import QemuPackerOperator
+    from bakery.templates import render
 
     base = tmp_path / "base.qcow2"
     base.write_bytes(b"stand-in base image: packer validate does not read it")
@@ -216,7 +217,8 @@ def local_validate(tmp_path: Path, log: Path) -> dict:
                  "output_directory": str(work / "output"), "vm_name": "debian12-nginx-2026.1120.200000.qcow2",
                  "accelerator": "tcg", "manifest_path": str(work / "manifest.json"), "image_version": "2026.1120.200000",
                  "package_list_path": str(work / "packages.tsv")}
-    op = QemuPackerOperator(task_id="validate", command="validate", template_dir=str(REPO / "include/packer/debian12-nginx"),
+    template = render("debian12-nginx", tmp_path / "packer" / "debian12-nginx")  # as prepare renders it
+    op = QemuPackerOperator(task_id="validate", command="validate", template_dir=str(template),
                             variables=variables, packer_bin=str(recording_packer.install(tmp_path / "shim", log) / "packer"))
     return op.execute({})
 

@@ -8,6 +8,7 @@ and that nothing is left behind.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -227,13 +228,23 @@ def test_setup_failure_deletes_what_it_created_before_failing(world, target):
 
 @G_SMOKE_CLEANUP
 def test_setup_retry_first_removes_leftovers_of_the_earlier_attempt(world, target):
+    emu = world.emu
     rec = record(world)
     first = target.smoke_setup(rec, check(world), Log())  # then the worker "dies": no teardown
-    assert world.leftovers()
-    log = Log()
-    second = target.smoke_setup(rec, check(world), log)
-    assert second["names"] == first["names"]
-    assert "smoke teardown: " in log.text()
+    left = sorted(world.leftovers())
+    assert len(left) == 5  # VM, NIC, public IP, NSG, OS disk
+    first_vm = emu.get(first["vm_id"])["properties"]["vmId"]
+    mark = len(emu.state.history)
+    second = target.smoke_setup(rec, check(world), Log())
+    # the end state: every resource of the first attempt was deleted, then made again (a new VM, not the
+    # old one updated in place), and exactly one set of smoke resources exists
+    events = emu.state.history[mark:]
+    for rid in left:
+        mine = [e for e, i, _ in events if i.lower() == rid.lower()]
+        assert mine == ["delete", "create"], f"{rid}: {mine}"
+    assert sorted(world.leftovers()) == left
+    assert emu.get(second["vm_id"])["properties"]["vmId"] != first_vm
+    assert second["names"] == first["names"] and second["address"]
     target.smoke_teardown(rec, Log())
     assert world.leftovers() == []
 
@@ -277,10 +288,63 @@ def test_teardown_reports_what_it_could_not_delete(world, target):
     assert world.leftovers() == []
 
 
+PLAN = {"name": "9-gen2", "product": "almalinux-x86_64", "publisher": "almalinux"}
+
+
+def test_the_smoke_vm_sends_the_purchase_plan_prepare_resolved(world, spec, target, tmp_path):
+    """AlmaLinux's Marketplace image has a plan; so does the managed image built from it (ARM keeps it out
+    of sight), and Azure refuses a VM from it without the same plan (the emulator enforces it)."""
+    rec = record(world)
+    target.prepare(spec, rec, tmp_path, log=Log())
+    assert rec.extra["purchase_plan"] == PLAN  # from the template's plan_* variables
+    log = Log()
+    result = target.smoke_test(rec, check(world), log)
+    assert result.passed, log.text()
+    (vm_put,) = puts(world.emu, r"/virtualMachines/")
+    assert vm_put.body["plan"] == PLAN
+    assert "purchase plan name '9-gen2', product 'almalinux-x86_64', publisher 'almalinux'" in log.text()
+    assert world.leftovers() == []
+
+
+def test_without_its_purchase_plan_azure_refuses_the_smoke_vm_and_nothing_is_left(world, target):
+    rec = record(world)
+    rec.extra["purchase_plan"] = None  # as if the template's plan_* said "no plan"
+    log = Log()
+    with pytest.raises(Exception, match="VMMarketplaceInvalidInput.*requires Plan information"):
+        target.smoke_setup(rec, check(world), log)
+    assert world.leftovers() == []
+    assert "plan" not in puts(world.emu, r"/virtualMachines/")[0].body
+
+
+def test_a_record_without_a_plan_uses_the_image_definitions(world, target):
+    rec = record(world)  # made before prepare recorded plans: no extra["purchase_plan"]
+    log = Log()
+    info = target.smoke_setup(rec, check(world), log)
+    assert "using the one of gallery image definition bakery_gallery/rhel9-nginx: name '9-gen2'" in log.text()
+    assert world.emu.get(info["vm_id"])["plan"] == PLAN
+    target.smoke_teardown(rec, Log())
+
+
+@pytest.mark.parametrize("state", ["created", "Created", "SUCCEEDED"])
+def test_a_managed_image_provisioned_created_or_in_any_case_is_smoke_tested(world, target, state):
+    rec = record(world)
+    world.emu.state.get(rec.artifact_id).properties["provisioningState"] = state
+    info = target.smoke_setup(rec, check(world), Log())
+    assert info["address"]
+    target.smoke_teardown(rec, Log())
+    world.emu.state.get(rec.artifact_id).properties["provisioningState"] = "Failed"
+    with pytest.raises(AzureTargetError, match="is Failed, not Succeeded"):
+        target.smoke_setup(rec, check(world), Log())
+
+
 def test_smoke_teardown_can_delete_a_failed_bakes_managed_image(world, target):
     rec = record(world)
-    target.smoke_teardown(rec, Log(), delete_image=True)
+    assert target.smoke_teardown(rec, Log(), delete_image=True) == ["images/rhel9-nginx-2026-1126-200001"]
     assert world.emu.state.ids("Microsoft.Compute/images") == []
+    # again: ARM answers the DELETE of a missing image with 204, which deletes nothing and says so
+    log = Log()
+    assert target.smoke_teardown(rec, log, delete_image=True) == []
+    assert world.emu.requests("DELETE", r"Compute/images/[^/]+$")[-1].status == 204
 
 
 # --- publish -------------------------------------------------------------------------------------------
@@ -454,6 +518,65 @@ def test_prune_keeps_the_newest_and_every_protected_version_and_deletes_the_rest
     # intermediate images of deleted and of published (Succeeded) versions are gone; not someone else's
     assert images == ["theirs-2026-1002-200000"]
     assert target.prune(IMAGE, 2, protect={VERSION}, dry_run=False, log=Log()) == []  # nothing more to do
+
+
+@pytest.mark.guarantee("prune-safety")
+def test_prune_deletes_each_intermediate_image_once_and_says_deleted_only_when_it_was(world, target):
+    emu = world.emu
+    for day in (1, 2, 3):
+        seed_version(world, target, f"2026.100{day}.200000")
+    log = Log()
+    assert target.prune(IMAGE, 2, protect=set(), dry_run=False, log=log) == ["2026.1001.200000"]
+    deleted = sorted(r.path.rsplit("/", 1)[1] for r in emu.requests("DELETE", r"Compute/images/[^/]+$") if not r.fault)
+    assert deleted == ["rhel9-nginx-2026-1001-200000", "rhel9-nginx-2026-1002-200000", "rhel9-nginx-2026-1003-200000"]
+    assert emu.state.ids("Microsoft.Compute/images") == []
+    # the next prunes keep 1002 and 1003 again: their images are gone, so nothing is deleted or said again
+    before = len(emu.requests("DELETE"))
+    for _ in range(2):
+        log = Log()
+        assert target.prune(IMAGE, 2, protect=set(), dry_run=False, log=log) == []
+        assert "managed image" not in log.text(), log.text()
+    assert emu.requests("DELETE")[before:] == []
+    # an image that disappears between the listing and its delete (204): "already gone", not "deleted"
+    seed_version(world, target, "2026.1004.200000")
+    original = emu.arm.handle
+
+    def gone_first(method, path, headers, raw):  # somebody deletes the image just before prune does
+        if method == "DELETE" and re.search(r"Compute/images/[^/?]+(\?|$)", path):
+            with emu.arm.lock:
+                emu.arm.remove(emu.state.get(path.split("?")[0]))
+        return original(method, path, headers, raw)
+
+    emu.arm.handle = gone_first
+    try:
+        log = Log()
+        assert target.prune(IMAGE, 2, protect=set(), dry_run=False, log=log) == ["2026.1002.200000"]
+    finally:
+        emu.arm.handle = original
+    assert "managed image rg-bakery-images/rhel9-nginx-2026-1004-200000 was already gone" in log.text()
+    assert "deleted intermediate managed image" not in log.text()
+
+
+@pytest.mark.guarantee("prune-safety")
+def test_prune_never_deletes_the_version_azures_latest_resolves_to(world, target):
+    emu = world.emu
+    seed_version(world, target, "2026.1001.200000")
+    seed_version(world, target, "2026.1002.200000")                       # what `latest` gives a VM
+    for candidate in ("2026.1003.200000", "2026.1004.200000"):              # newer, excluded from latest
+        version_id_ = seed_version(world, target, candidate)
+        emu.state.get(version_id_).properties["publishingProfile"]["excludeFromLatest"] = True
+    log = Log()
+    assert target.prune(IMAGE, 2, protect=set(), dry_run=False, log=log) == ["2026.1001.200000"]
+    assert [v.version for v in target.list_versions(IMAGE)] == [
+        "2026.1002.200000", "2026.1003.200000", "2026.1004.200000"]
+    assert ("keeping 2026.1002.200000: Azure's `latest` resolves to it: the highest version not excluded from "
+            "latest (2026.1003.200000, 2026.1004.200000 are excludeFromLatest)") in log.text()
+    # and it is what ARM gives a VM made from the image definition without a version
+    from tests.azure_emulator.kinds import latest_version
+
+    definition = emu.state.get(f"/subscriptions/{world.subscription_id}/resourceGroups/{GALLERY_RG}/providers/"
+                               f"Microsoft.Compute/galleries/{GALLERY}/images/{IMAGE}")
+    assert latest_version(emu.arm, definition).name == "2026.1002.200000"
 
 
 def test_prune_keeps_a_backfills_rebuild_for_protect_days_and_says_why(world, target):

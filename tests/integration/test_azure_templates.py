@@ -1,4 +1,5 @@
-"""The Azure Packer templates (include/packer/*-azure) with the REAL packer binary (Debian's 1.6.6).
+"""The Azure Packer templates (the folders rendered for include/packer/*-azure) with the REAL packer
+binary (Debian's 1.6.6).
 
 No Azure account is needed: ``packer validate`` checks the azure-arm builder's configuration
 offline, ``packer inspect`` / ``packer console`` evaluate variables and expressions as Packer does.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from bakery.templates import render
 
 from tests.tools import find_tool
 
@@ -276,7 +278,7 @@ def check_provisioning(template: Path) -> list[str]:
     def kind(p: Block) -> str:
         if p.labels == ["shell"]:
             path = p.attrs.get("script", "")
-            for name, suffix in (("provision", "/scripts/provision.sh"), ("capture", "/../shared/capture-packages.sh"),
+            for name, suffix in (("provision", "/scripts/provision.sh"), ("capture", "/scripts/capture-packages.sh"),
                                  ("deprovision", "/scripts/deprovision.sh")):
                 if path == f'"${{path.root}}{suffix}"':
                     return name
@@ -287,7 +289,7 @@ def check_provisioning(template: Path) -> list[str]:
 
     kinds = [kind(p) for p in provisioners]
     if kinds != ["provision", "capture", "download", "deprovision"]:
-        problems.append(f"{template.name}: the provisioners must be provision.sh, ../shared/capture-packages.sh, the "
+        problems.append(f"{template.name}: the provisioners must be provision.sh, capture-packages.sh, the "
                         f"file download of the list, deprovision.sh (in this order), are {kinds}")
     by_kind = {k: p.attrs for k, p in zip(kinds, provisioners)}
     for name in ("provision", "capture", "deprovision"):
@@ -300,7 +302,10 @@ def check_provisioning(template: Path) -> list[str]:
                      or download.get("destination") != "var.package_list_path"):
         problems.append(f"{template.name}: the download must fetch {PACKAGE_LIST_IN_GUEST} to var.package_list_path, "
                         f"is {download.get('source')} -> {download.get('destination')}")
-    if f'out="${{1:-{PACKAGE_LIST_IN_GUEST}}}"' not in CAPTURE_SCRIPT.read_text():
+    capture = template / "scripts" / "capture-packages.sh"
+    if not capture.is_file() or capture.read_text() != CAPTURE_SCRIPT.read_text():
+        problems.append(f"{capture} is not the shared {CAPTURE_SCRIPT}")
+    elif f'out="${{1:-{PACKAGE_LIST_IN_GUEST}}}"' not in CAPTURE_SCRIPT.read_text():
         problems.append(f"{CAPTURE_SCRIPT} no longer writes {PACKAGE_LIST_IN_GUEST} by default")
     return problems
 
@@ -355,8 +360,9 @@ def check_no_secret_literals(template: Path) -> list[str]:
 
 # === fixtures ======================================================================================
 @pytest.fixture(params=sorted(TEMPLATES))
-def template(request) -> Path:
-    return PACKER_DIR / request.param
+def template(request, tmp_path_factory) -> Path:
+    """The family's Packer folder as prepare renders it (bakery.templates), named after the family."""
+    return render(request.param, tmp_path_factory.mktemp("rendered") / request.param)
 
 
 @pytest.fixture
@@ -457,7 +463,9 @@ def test_package_list_download_goes_to_the_variable(template, var_file, variable
     capture = [b for build in builds for b in build.blocks
                if b.type == "provisioner" and "capture-packages.sh" in b.attrs.get("script", "")]
     script = console(template, var_file, capture[0].attrs["script"])
-    assert Path(script).resolve() == CAPTURE_SCRIPT.resolve()  # the shared script, which the template digest covers
+    # the rendered folder's copy of the shared script, which the template digest covers
+    assert Path(script).resolve() == (template / "scripts" / "capture-packages.sh").resolve()
+    assert Path(script).read_text() == CAPTURE_SCRIPT.read_text()
 
 
 def test_azure_tags_name_the_image_version_and_dag_run(template, var_file, variables):
@@ -570,7 +578,7 @@ def test_control_provisioning_check_catches(template, tmp_path, defect):
             at = text.index("  post-processor")
             (c / hcl).write_text(text[:at] + block + "\n" + text[at:])
         elif defect == "no-capture":
-            replace_in(c / hcl, "${path.root}/../shared/capture-packages.sh", "${path.root}/scripts/provision.sh")
+            replace_in(c / hcl, "${path.root}/scripts/capture-packages.sh", "${path.root}/scripts/provision.sh")
         else:
             replace_in(deprovision, "rm -f /tmp/bakery-packages.tsv", ": keep")
 

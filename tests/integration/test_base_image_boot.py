@@ -2,8 +2,8 @@
 
 * the base image (scripts/build-base-image.sh, cached by recipe hash) exists, is a qcow2 that
   matches its .sha256, and a second run of the script is a cache hit that prints the same path;
-* the debian12-nginx template is `packer fmt` clean and `packer validate`s with the required
-  variables (and its validations reject bad input);
+* the debian12-nginx template (its folder as prepare renders it, bakery.templates) is `packer fmt`
+  clean and `packer validate`s with the required variables (and its validations reject bad input);
 * slow: `packer build` of the template, then the artifact is booted read-only with QemuVM, nginx
   answers 200 "Welcome to nginx", the image is generalised (no build key, no host keys, empty
   machine-id, /etc/bakery-release), the artifact's sha256 is unchanged and no QEMU is left.
@@ -25,10 +25,10 @@ import psutil
 import pytest
 from bakery.accel import detect_accelerator
 from bakery.qemu import QemuError, QemuVM, sha256_file
+from bakery.templates import render
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "build-base-image.sh"
-TEMPLATE = REPO / "include" / "packer" / "debian12-nginx"
 FW_CFG_KEY = "opt/bakery/authorized_keys"
 PART_OFFSET = 1 << 20  # the base image's root partition starts at 1 MiB
 
@@ -81,9 +81,15 @@ def packer_env(
     return env
 
 
-def packer_validate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The debian12-nginx Packer folder as prepare renders it."""
+    return render("debian12-nginx", tmp_path_factory.mktemp("packer") / "debian12-nginx")
+
+
+def packer_validate(env: dict[str, str], template: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["packer", "validate", str(TEMPLATE)],
+        ["packer", "validate", str(template)],
         check=False,
         capture_output=True,
         text=True,
@@ -279,9 +285,9 @@ def test_base_image_script_rejects_a_bad_accelerator(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- template
 
 
-def test_template_is_packer_fmt_clean() -> None:
+def test_template_is_packer_fmt_clean(template: Path) -> None:
     proc = subprocess.run(
-        ["packer", "fmt", "-check", "-diff", str(TEMPLATE)],
+        ["packer", "fmt", "-check", "-diff", str(template)],
         check=False,
         capture_output=True,
         text=True,
@@ -289,10 +295,10 @@ def test_template_is_packer_fmt_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_template_validates(base_image: Path, tmp_path: Path) -> None:
+def test_template_validates(base_image: Path, tmp_path: Path, template: Path) -> None:
     key, pub = make_key(tmp_path)
     env = packer_env(base_image, tmp_path, key, pub)
-    proc = packer_validate(env)
+    proc = packer_validate(env, template)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -305,18 +311,18 @@ def test_template_validates(base_image: Path, tmp_path: Path) -> None:
     ],
 )
 def test_template_rejects_bad_variables(
-    base_image: Path, tmp_path: Path, var: str, value: str, message: str
+    base_image: Path, tmp_path: Path, template: Path, var: str, value: str, message: str
 ) -> None:
     key, pub = make_key(tmp_path)
     env = packer_env(base_image, tmp_path, key, pub, **{var: value})
-    proc = packer_validate(env)
+    proc = packer_validate(env, template)
     assert proc.returncode != 0
     assert message in " ".join((proc.stdout + proc.stderr).split())
 
 
-def test_template_requires_its_inputs(tmp_path: Path) -> None:
+def test_template_requires_its_inputs(tmp_path: Path, template: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKR_VAR_")}
-    proc = packer_validate(env)
+    proc = packer_validate(env, template)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     for name in ("base_image_path", "ssh_private_key_file", "image_version"):
@@ -327,7 +333,7 @@ def test_template_requires_its_inputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path) -> None:
+def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path, template: Path) -> None:
     key, pub = make_key(tmp_path)
     env = packer_env(
         base_image,
@@ -340,7 +346,7 @@ def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path) -
 
     t0 = time.monotonic()
     build = subprocess.run(
-        ["packer", "build", "-machine-readable", str(TEMPLATE)],
+        ["packer", "build", "-machine-readable", str(template)],
         check=False,
         capture_output=True,
         text=True,

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from bakery.packages.manifest import parse_capture
+from bakery.templates import render
 
 from tests.azure_emulator import FAKE_PACKER, ArmEmulator
 from tests.azure_emulator.world import IMAGES_RG, AzureWorld
 
-REPO = Path(__file__).resolve().parents[2]
-PACKER_DIR = REPO / "include" / "packer"
 TEMPLATES = {"rhel9-nginx-azure": "rhel9-nginx", "ubuntu2404-nginx-azure": "ubuntu2404-nginx"}
 
 pytestmark = pytest.mark.needs_tools("packer")  # the fake evaluates the template with the real one's console
@@ -57,11 +55,8 @@ def build(world: AzureWorld, template: Path, tmp_path: Path, version: str, **env
 
 
 def copy_of(template: str, tmp_path: Path) -> Path:
-    """A copy of the template with the shared scripts beside it (as ${path.root}/../shared wants)."""
-    root = tmp_path / "packer"
-    shutil.copytree(PACKER_DIR / template, root / template)
-    shutil.copytree(PACKER_DIR / "shared", root / "shared")
-    return root / template
+    """The family's Packer folder as prepare renders it (bakery.templates): a folder of its own, to change."""
+    return render(template, tmp_path / "packer" / template)
 
 
 @pytest.mark.parametrize("template, family, os_line, nginx", [
@@ -69,7 +64,7 @@ def copy_of(template: str, tmp_path: Path) -> Path:
     ("ubuntu2404-nginx-azure", "deb", ("ubuntu", "24.04"), "1.24.0-2ubuntu7.1"),
 ])
 def test_the_package_list_is_downloaded_to_package_list_path(world, tmp_path, template, family, os_line, nginx):
-    code, out, listing = build(world, PACKER_DIR / template, tmp_path, "2026.1126.200001")
+    code, out, listing = build(world, copy_of(template, tmp_path), tmp_path, "2026.1126.200001")
     assert code == 0, out
     manifest = parse_capture(listing.read_text(), where=str(listing))
     assert (manifest.family, manifest.os_id, manifest.os_version) == (family, *os_line)
@@ -83,7 +78,7 @@ def test_the_package_list_is_downloaded_to_package_list_path(world, tmp_path, te
 
 
 def test_a_test_can_change_the_nginx_version(world, tmp_path):
-    code, out, listing = build(world, PACKER_DIR / "rhel9-nginx-azure", tmp_path, "2026.1126.200002",
+    code, out, listing = build(world, copy_of("rhel9-nginx-azure", tmp_path), tmp_path, "2026.1126.200002",
                                BAKERY_FAKE_PACKER_NGINX_VERSION="1:1.20.1-16.el9_4.1")
     assert code == 0, out
     versions = {p.name: p.version for p in parse_capture(listing.read_text()).packages}
@@ -108,7 +103,7 @@ def test_control_downloading_after_deprovisioning_fails_like_azure(world, tmp_pa
 def test_control_a_download_without_the_capture_fails(world, tmp_path):
     template = copy_of("rhel9-nginx-azure", tmp_path)
     hcl = template / "rhel9-nginx-azure.pkr.hcl"
-    hcl.write_text(hcl.read_text().replace("${path.root}/../shared/capture-packages.sh",
+    hcl.write_text(hcl.read_text().replace("${path.root}/scripts/capture-packages.sh",
                                            "${path.root}/scripts/provision.sh"))
     code, out, listing = build(world, template, tmp_path, "2026.1126.200004")
     assert code == 1

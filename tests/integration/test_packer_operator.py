@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bakery.packer.runner import group_members
+from bakery import processes
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
@@ -213,5 +213,5 @@ def test_execution_timeout_stops_packers_process_group(dags_folder, tmp_path, ca
     assert "before the pause" in logs
     m = re.search(r"stopping Packer: SIGTERM to its process group (\d+)", logs)
     assert m, logs[-3000:]
-    assert group_members(int(m.group(1))) == []  # packer, plugin, sh and sleep are all gone
+    assert processes.group(int(m.group(1))) == []  # packer, plugin, sh and sleep are all gone
     assert "Cancelling build after receiving terminated" in logs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -530,6 +531,106 @@ def test_generic_resource_list_filters_by_tag(emu, az):
     assert found == ["tagged"]
 
 
+def test_a_list_filtered_by_tag_comes_back_without_the_tags(emu, az):
+    """Resources - List By Resource Group: "When you filter by a tag name and value, the tags for each
+    resource are not returned in the results." Unfiltered, or filtered by type, they are."""
+    make_rg(az)
+    make_image(az, "tagged", tags={"bakery_run": "r9", "purpose": "smoke-test"})
+    by_tag = list(az.resource.resources.list_by_resource_group(RG, filter="tagName eq 'bakery_run' and tagValue eq 'r9'"))
+    assert [(r.name, r.tags) for r in by_tag] == [("tagged", None)]
+    by_name = list(az.resource.resources.list_by_resource_group(RG, filter="tagName eq 'bakery_run'"))
+    assert [(r.name, r.tags) for r in by_name] == [("tagged", None)]
+    whole = list(az.resource.resources.list_by_resource_group(RG))
+    assert [(r.name, r.tags) for r in whole] == [("tagged", {"bakery_run": "r9", "purpose": "smoke-test"})]
+    by_type = list(az.resource.resources.list_by_resource_group(
+        RG, filter="resourceType eq 'Microsoft.Compute/images'"))
+    assert by_type[0].tags == {"bakery_run": "r9", "purpose": "smoke-test"}
+
+
+# --- the Marketplace and purchase plans ---------------------------------------------------------------------
+ALMA = ("almalinux", "almalinux-x86_64", "9-gen2")
+ALMA_PLAN = {"name": "9-gen2", "product": "almalinux-x86_64", "publisher": "almalinux"}
+
+
+def test_marketplace_images_list_get_and_404(emu, az):
+    versions = az.compute.virtual_machine_images.list("eastus2", *ALMA)
+    assert [v.name for v in versions] == ["9.4.2024050902", "9.5.202411260"]
+    image = az.compute.virtual_machine_images.get("eastus2", *ALMA, "9.5.202411260")
+    assert image.hyper_v_generation == "V2"
+    assert (image.plan.name, image.plan.product, image.plan.publisher) == ("9-gen2", "almalinux-x86_64", "almalinux")
+    assert az.compute.virtual_machine_images.get("westeurope", "Canonical", "ubuntu-24_04-lts", "server-gen1",
+                                                 "24.04.202411260").plan is None
+    for args in (("eastus2", "almalinux", "almalinux-x86_64", "9-gen3", "9.5.202411260"),
+                 ("eastus2", *ALMA, "1.0.0")):
+        with pytest.raises(ResourceNotFoundError) as err:
+            az.compute.virtual_machine_images.get(*args)
+        assert (err.value.error.code, err.value.error.message) == ("NotFound", "Artifact: VMImage was not found.")
+
+
+def marketplace_vm(ref: tuple[str, str, str], nic_id: str, plan: dict | None) -> dict:
+    body = vm_body("unused", nic_id, delete_option="Delete")
+    body["properties"]["storageProfile"]["imageReference"] = dict(zip(("publisher", "offer", "sku"), ref),
+                                                                  version="latest")
+    if plan is not None:
+        body["plan"] = plan
+    return body
+
+
+def refused(call) -> str:
+    with pytest.raises(HttpResponseError) as err:
+        call()
+    assert (err.value.status_code, err.value.error.code) == (400, "VMMarketplaceInvalidInput")
+    return err.value.error.message
+
+
+def test_the_purchase_plan_rule_for_vms_from_marketplace_and_custom_images(emu, az):
+    make_rg(az)
+    make_gallery(az)
+    *_, nic = network_stack(az, pip_method=None)
+    vms = az.compute.virtual_machines
+    assert "requires Plan information in the request" in refused(
+        lambda: vms.begin_create_or_update(RG, "v1", marketplace_vm(ALMA, nic.id, None)).result())
+    assert "The purchase information does not match" in refused(lambda: vms.begin_create_or_update(
+        RG, "v1", marketplace_vm(ALMA, nic.id, {**ALMA_PLAN, "name": "9-gen1"})).result())
+    assert "does not need Plan information" in refused(lambda: vms.begin_create_or_update(
+        RG, "v1", marketplace_vm(("Debian", "debian-12", "12-gen2"), nic.id, ALMA_PLAN)).result())
+    build_vm = vms.begin_create_or_update(RG, "build", marketplace_vm(ALMA, nic.id, ALMA_PLAN)).result()
+    assert build_vm.plan.name == "9-gen2"
+
+    # a managed image captured from it keeps the plan (out of sight) and the Hyper-V generation
+    image = az.compute.images.begin_create_or_update(RG, "captured", {
+        "location": "eastus2", "properties": {"sourceVirtualMachine": {"id": build_vm.id}}}).result()
+    assert image.hyper_v_generation == "V2" and "plan" not in json.dumps(emu.get(image.id))
+    vms.begin_delete(RG, "build").result()
+    *_, nic2 = network_stack(az, pip_method=None, prefix="smoke2")
+    message = refused(lambda: vms.begin_create_or_update(RG, "smoke", vm_body(image.id, nic2.id, "Delete")).result())
+    assert message.startswith("Creating a virtual machine from Marketplace image requires Plan information")
+    assert vms.begin_create_or_update(RG, "smoke", {**vm_body(image.id, nic2.id, "Delete"), "plan": ALMA_PLAN}
+                                      ).result().provisioning_state == "Succeeded"
+    vms.begin_delete(RG, "smoke").result()
+
+    # a VM from a gallery version needs the definition's purchasePlan (or else its source's)
+    version = publish(az, "1.0.0", image.id)
+    assert "requires Plan information" in refused(
+        lambda: vms.begin_create_or_update(RG, "g", vm_body(version.id, nic2.id, "Delete")).result())
+    assert vms.begin_create_or_update(RG, "g", {**vm_body(version.id, nic2.id, "Delete"), "plan": ALMA_PLAN}
+                                      ).result().provisioning_state == "Succeeded"
+
+
+def test_an_image_definitions_purchase_plan_cannot_change(emu, az):
+    make_rg(az)
+    az.compute.galleries.begin_create_or_update(RG, GALLERY, {"location": "eastus2"}).result()
+    body = {"location": "eastus2", "properties": {
+        "osType": "Linux", "osState": "Generalized", "hyperVGeneration": "V2", "purchasePlan": ALMA_PLAN,
+        "identifier": {"publisher": "bakery", "offer": "rhel9-nginx", "sku": "nightly"}}}
+    definition = az.compute.gallery_images.begin_create_or_update(RG, GALLERY, "rhel9", body).result()
+    assert definition.purchase_plan.product == "almalinux-x86_64"
+    body["properties"]["purchasePlan"] = {**ALMA_PLAN, "name": "9-gen1"}
+    with pytest.raises(HttpResponseError) as err:
+        az.compute.gallery_images.begin_create_or_update(RG, GALLERY, "rhel9", body).result()
+    assert err.value.error.code == "PropertyChangeNotAllowed"
+
+
 def test_references_to_missing_resources_are_refused(emu, az):
     make_rg(az)
     image = make_image(az)
@@ -757,9 +858,15 @@ def test_fake_packer_build_registers_the_managed_image(emu, az, packer_dir):
     says = [r[3][1] for r in rows if r[2] == "ui" and r[3][0] == "say"]
     assert any(s.startswith("==> azure-arm.nginx:  ->> note : a, b") for s in says)  # commas escaped & restored
 
-    temp = [e[1] for e in emu.state.history if "/resourceGroups/pkr-Resource-Group-" in e[1]]
+    temp = [e[1] for e in emu.state.history if re.search(r"/resourceGroups/pkr-Resource-Group-\w+$", e[1])]
     assert [e[0] for e in emu.state.history if e[1] in temp] == ["create", "delete"]
     assert len(temp[0].rsplit("-", 1)[1]) == 10
+    # the image was captured from a build VM of the Marketplace base (deleted with the temporary group)
+    (build_vm,) = [e[1] for e in emu.state.history if e[0] == "create" and "/virtualMachines/pkrvm" in e[1]]
+    assert build_vm.lower().startswith(temp[0].lower() + "/")
+    assert ("delete", build_vm, "Microsoft.Compute/virtualMachines") in emu.state.history
+    assert image.source_virtual_machine.id.lower() == build_vm.lower()
+    assert image.hyper_v_generation == "V2"  # Debian's 12-gen2
 
     manifest = json.loads((packer_dir / "out" / "packer-manifest.json").read_text())
     assert manifest["last_run_uuid"] == manifest["builds"][-1]["packer_run_uuid"]

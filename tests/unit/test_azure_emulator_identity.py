@@ -93,6 +93,9 @@ source "azure-arm" "t" {
   tenant_id                         = var.use_azure_cli_auth ? "" : var.tenant_id
   subscription_id                   = "%s"
   os_type                           = "Linux"
+  image_publisher                   = "Canonical"
+  image_offer                       = "ubuntu-24_04-lts"
+  image_sku                         = "server"
   build_resource_group_name         = "rg-build"
   managed_image_name                = "img-1"
   managed_image_resource_group_name = "rg-img"
@@ -119,6 +122,9 @@ def test_the_fake_packer_logs_in_with_the_sensitive_client_secret(emu, tmp_path,
         assert "Getting tokens using client secret" in out
         image = emu.get(f"/subscriptions/{SUB}/resourceGroups/rg-img/providers/Microsoft.Compute/images/img-1")
         assert image["location"] == "westeurope"  # the build resource group's region, as azure-arm does
+        # the build VM and its network went into the existing group, and out of it again
+        assert [e[0] for e in emu.state.history if "/virtualMachines/pkrvm" in e[1]] == ["create", "delete"]
+        assert [i for i in emu.state.ids() if "/resourceGroups/rg-build/" in i] == []
     else:
         assert proc.returncode == 1
         assert "error fetching service principal token: invalid_client: AADSTS7000215" in out

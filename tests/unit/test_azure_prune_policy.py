@@ -98,3 +98,28 @@ def test_names_are_deterministic_and_fit_azure_limits():
     long = SmokeNames.of("a" * 47, "2026.1128.1030001")
     assert len(long.vm) <= 64 and len(long.os_disk) <= 80
     assert long != SmokeNames.of("a" * 47, "2026.1128.1030011")  # still unique per version
+
+
+# --- Azure's `latest` (excludeFromLatest) ---------------------------------------------------------------
+@pytest.mark.guarantee("prune-safety")
+def test_never_the_version_azures_latest_resolves_to_when_newer_ones_are_excluded():
+    # 4.0.0 and 5.0.0 are excluded from latest (say, candidates): a VM made from the image definition
+    # without a version gets 2.0.0. keep=2 alone would delete it.
+    versions = [v("1.0.0"), v("2.0.0"), v("3.0.0", state="Failed"), v("4.0.0", exclude_from_latest=True),
+                v("5.0.0", exclude_from_latest=True)]
+    p = plan(versions, keep=2)
+    assert [d.name for d in p.delete] == ["1.0.0", "3.0.0"]  # a Failed version is no one's latest
+    assert p.keep["2.0.0"] == ("Azure's `latest` resolves to it: the highest version not excluded from latest "
+                               "(4.0.0, 5.0.0 are excludeFromLatest)")
+    assert p.keep["4.0.0"] == "one of the 2 newest" and p.keep["5.0.0"] == "the highest version"
+
+
+@pytest.mark.guarantee("prune-safety")
+def test_latest_is_the_highest_version_when_nothing_is_excluded_and_none_when_everything_is():
+    from bakery.targets.azure import latest_of
+
+    assert latest_of([v("1.0.0"), v("10.0.0"), v("9.0.0")]) == "10.0.0"  # numerically
+    assert latest_of([v("1.0.0", exclude_from_latest=True)]) is None
+    p = plan([v("1.0.0", exclude_from_latest=True), v("2.0.0", exclude_from_latest=True),
+              v("3.0.0", exclude_from_latest=True)], keep=1)
+    assert [d.name for d in p.delete] == ["1.0.0", "2.0.0"]  # no latest to keep: the usual rules

@@ -50,6 +50,7 @@ def test_a_version_the_pool_knows_is_rebuilt_from_the_pool_whatever_the_run(tmp_
     assert resolve(pool, run_type="backfill", version="2026.1119.200000").kind == "pool"
 
 
+@pytest.mark.guarantee("bad-input")
 def test_a_backfill_of_an_unknown_date_fails_with_what_to_do(tmp_path):
     pool = PackagePool(tmp_path)
     with pytest.raises(InputsError) as err:

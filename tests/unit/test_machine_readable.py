@@ -3,11 +3,17 @@
 The transcripts were captured from real runs of the templates in tests/fixtures/templates/
 (see tests/fixtures/packer/README.md); only the carriage-return case below is synthetic, since
 Packer 1.6.6's provisioners resolve CRs before the UI sees them.
+
+The Packer output edge cases (a crash, an artifact cut short, a path that is not UTF-8, an
+artifact index that is not a number) are fed through ``PackerRunner`` itself, with
+``tests/fixtures/packer/replay-packer`` standing in for the binary: it prints a transcript (real,
+or a variant of a real one) byte for byte and exits with the code Packer did.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -255,3 +261,93 @@ def test_variable_names_are_checked_and_not_given_twice():
         PackerRunner("t.pkr.hcl", variables={"bad name": "x"})
     with pytest.raises(ValueError, match="both as plain and as sensitive"):
         PackerRunner("t.pkr.hcl", variables={"a": "1"}, sensitive_variables={"a": "2"})
+
+
+# -- Packer output edge cases, fed through the runner ---------------------------------------------
+
+REPLAY = TRANSCRIPTS / "replay-packer"
+
+
+def replay(transcript: Path, exit_code: int, lines: list[str] | None = None) -> PackerRunner:
+    """A runner whose ``packer`` prints ``transcript`` and exits ``exit_code``."""
+    return PackerRunner(TEMPLATES / "null_ok", packer_bin=str(REPLAY), log=(lines if lines is not None else []).append,
+                        env={"REPLAY_TRANSCRIPT": str(transcript), "REPLAY_EXIT": str(exit_code)})
+
+
+def test_real_transcripts_have_whole_artifacts():
+    for name in ("hcl2_null_success.txt", "legacy_json_success.txt", "qemu_success.txt"):
+        assert parse(name).artifact_problems() == [], name
+    result = replay(TRANSCRIPTS / "qemu_success.txt", 0).build()
+    assert result.ok and result.artifact_problems == []
+    (art,) = result.artifacts
+    assert art.files == ["/tmp/brd/cap/out/reset.qcow2"] and art.files_count == 1
+
+
+def test_a_packer_crash_is_quoted_not_the_provisioner_stderr_before_it():
+    """A panic: exit 2, no error-count / error lines; the panic (raw lines) is the reason."""
+    with pytest.raises(PackerError) as info:
+        replay(TRANSCRIPTS / "variant_panic.txt", 2).build()
+    msg = str(info.value)
+    head, _, context = msg.partition("last error output before that:")
+    assert head.splitlines()[0].endswith("failed with exit code 2:")
+    assert head.splitlines()[1] == "  panic: runtime error: invalid memory address or nil pointer dereference"
+    assert "provisioner/shell-local/provisioner.go:43" in head
+    assert "Packer crashed: it wrote crash.log in its working folder" in head
+    assert "apt-get clean" not in head and "!!!" not in head
+    assert "==> null.crash: + apt-get clean" in context  # what the build printed last: context only
+    assert info.value.result.raw_lines[0].startswith("panic: ")
+
+
+def test_a_packer_that_dies_without_a_word_is_not_blamed_on_the_provisioner():
+    """Real output of a Packer whose core was killed (SIGQUIT) mid-provisioner: exit 2, only UI lines."""
+    with pytest.raises(PackerError) as info:
+        replay(TRANSCRIPTS / "crash_sigquit.txt", 2).build()
+    head, _, context = str(info.value).partition("last error output before that:")
+    assert "Packer exited with code 2 without saying why" in head and "crashed or was killed" in head
+    assert "apt-get clean" not in head
+    assert "==> null.crash: + apt-get clean" in context and "==> null.crash: + sleep 30" in context
+
+
+def test_an_artifact_cut_after_its_builder_id_is_not_a_success():
+    lines: list[str] = []
+    runner = replay(TRANSCRIPTS / "variant_artifact_cut.txt", 0, lines)
+    with pytest.raises(PackerError) as info:
+        runner.build()
+    msg = str(info.value)
+    assert "exited 0 but its artifacts are not whole" in msg
+    assert "artifact 0 of qemu.reset: no id, no files-count line, no end line" in msg
+    result = info.value.result
+    assert result.exit_code == 0 and not result.ok
+    assert not any(line.startswith("artifact of ") for line in lines)  # never announced as built
+
+
+def test_a_path_that_is_not_utf8_names_the_same_file(tmp_path):
+    out = os.fsencode(tmp_path) + b"/out-\xff\xfe-caf\xe9"
+    os.mkdir(out)
+    disk = out + b"/reset.qcow2"
+    open(disk, "wb").close()
+    transcript = tmp_path / "transcript.txt"
+    transcript.write_bytes((TRANSCRIPTS / "qemu_success.txt").read_bytes().replace(b"/tmp/brd/cap/out", out))
+    lines: list[str] = []
+    result = replay(transcript, 0, lines).build()
+    (art,) = result.artifacts
+    (path,) = art.files
+    assert os.fsencode(path) == disk and os.path.isfile(path)  # the bytes Packer wrote, not U+FFFD
+    assert art.string == "VM files in directory: " + os.fsdecode(out)
+    # the log shows the odd bytes escaped (a log line must be valid UTF-8)
+    logged = next(line for line in lines if line.startswith("artifact of qemu.reset"))
+    assert "out-\\xff\\xfe-caf\\xe9/reset.qcow2" in logged
+    for line in lines:
+        line.encode("utf-8")
+
+
+def test_an_artifact_index_that_is_not_a_number_is_not_merged_into_artifact_0():
+    p = parse("variant_artifact_index.txt")
+    (art,) = p.artifacts  # artifact 0 only, untouched by the lines of "1x"
+    assert (art.index, art.id, art.files_count, art.complete) == (0, "Null", 0, True)
+    assert len(p.malformed) == 5 and "artifact index '1x' is not a number" in p.malformed[0]
+    with pytest.raises(PackerError) as info:
+        replay(TRANSCRIPTS / "variant_artifact_index.txt", 0).build()
+    msg = str(info.value)
+    assert "null.example: artifact index '1x' is not a number" in msg
+    assert "null.example: 2 artifacts announced, 1 reported" in msg

@@ -13,7 +13,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from bakery import bake
-from bakery.operators.bake import _spec, close_target, make_target, smoke_check_of
+from bakery.operators.bake import _spec, check_template_dir, close_target, make_target, smoke_check_of
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 
@@ -52,6 +52,7 @@ class AzurePackerOperator(PackerOperator):
         return dict(self._sensitive)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        check_template_dir(self.template_dir, self.task_id)  # the folder prepare rendered
         self._sensitive = None  # read the connection on every try (it may have been fixed meanwhile)
         if self.command != "build":
             return super().execute(context)

@@ -36,9 +36,37 @@ def close_target(target) -> None:
         close()
 
 
+class UnknownConfKeys(ValueError):
+    """A run's conf names keys that are not Params of its DAG (the message lists the valid ones)."""
+
+    def __init__(self, dag_id: str, unknown: list[str], params: Any) -> None:
+        import difflib
+
+        names = sorted(params.keys())
+        hints = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(k, names, n=1))]
+        valid = "; ".join(f"{n} ({_describe_param(params, n)})" for n in names)
+        super().__init__(
+            f"the run's conf has {'a key' if len(unknown) == 1 else 'keys'} that {'is' if len(unknown) == 1 else 'are'} "
+            f"not {'a Param' if len(unknown) == 1 else 'Params'} of {dag_id}: {', '.join(map(repr, unknown))}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + f". Nothing was baked: trigger the run again with the Params' own names. Valid Params: {valid}")
+
+
+def _describe_param(params: Any, name: str) -> str:
+    """``type, default X`` of one Param (``params`` is the DAG's ParamsDict)."""
+    param = params.get_param(name) if hasattr(params, "get_param") else None
+    schema = getattr(param, "schema", None) or {}
+    kind = schema.get("type") or ("one of " + "/".join(map(str, schema["enum"])) if "enum" in schema else "any")
+    return f"{kind}, default {getattr(param, 'value', params.get(name))!r}"
+
+
 class PrepareBakeOperator(BaseOperator):
-    """Names the version from the run, decides where its packages come from, digests the
-    template, readies the base image."""
+    """Names the version from the run, decides where its packages come from, renders and digests
+    the template, readies the base image.
+
+    First of all it refuses a run whose conf has a key that is none of the DAG's Params (a
+    misspelled ``prune_kep`` would otherwise be ignored silently and the run bake with the default).
+    """
 
     template_fields = ("accelerator", "allow_current_inputs")
 
@@ -51,6 +79,11 @@ class PrepareBakeOperator(BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         dag_run = context["dag_run"]
+        self.check_conf(getattr(dag_run, "conf", None))
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from bakery.packages.inputs import InputsError
+
         spec = _spec(self.image)
         target = make_target(spec)
         try:
@@ -65,8 +98,19 @@ class PrepareBakeOperator(BaseOperator):
                 log=self.log.info,
                 target=target,
             )
+        except InputsError as exc:  # a retry cannot change what the pool and the archives hold
+            raise AirflowFailException(str(exc)) from None
         finally:
             close_target(target)
+
+    def check_conf(self, conf: Any) -> None:
+        """Every key of the run's conf is one of the DAG's Params."""
+        if not conf or not self.has_dag():
+            return
+        params = self.dag.params
+        unknown = sorted(str(k) for k in conf if k not in params)
+        if unknown:
+            raise UnknownConfKeys(self.dag.dag_id, unknown, params)
 
 
 class CheckChangesOperator(BaseOperator, BranchMixIn):
@@ -120,6 +164,7 @@ class QemuPackerOperator(PackerOperator):
     def execute(self, context) -> dict[str, Any]:
         from bakery.preflight import check_base_image
 
+        check_template_dir(self.template_dir, self.task_id)
         check_base_image(_as_mapping(self.variables, "variables"))  # before any key or Packer run
         with ephemeral_keypair(f"bakery-{self.task_id}") as (private_key, public_key):
             self.variables = {
@@ -153,6 +198,20 @@ class QemuPackerOperator(PackerOperator):
                 base_image=self.variables.get("base_image_path"), log=self.log.info))
             bake.check_exact_rebuild(rec, manifest, log=self.log.info)
         return {**result, "packages": packages}
+
+
+def check_template_dir(template_dir: Any, task_id: str) -> None:
+    """The Packer folder prepare rendered into the run's work folder is still there (publish removes
+    the work folder, the janitor a stale one): otherwise say how to get it back."""
+    from pathlib import Path
+
+    from bakery.preflight import PreflightError
+
+    if template_dir and not Path(str(template_dir)).exists():
+        raise PreflightError(
+            f"the Packer folder {template_dir} of this run is gone ({task_id} runs Packer on the folder the "
+            "run's prepare task rendered into its work folder, which publish removes, and the janitor once it "
+            "is stale): clear this run's prepare task and the tasks after it, so that prepare renders it again")
 
 
 def smoke_check_of(spec, params) -> SmokeCheck:

@@ -1,13 +1,13 @@
 """Packer runs that outlived their caller: recorded in a state file, found and stopped later.
 
 Packer runs in its own session (see ``runner.py``) so that it can clean up even when the task
-that started it dies; the other side of that coin is that a task killed hard (SIGKILL, OOM, a
+that started it dies; the other side of that coin is that a task killed hard (kill -9, OOM, a
 lost worker) leaves Packer **running**: it keeps building into the same output folder that the
 retry of the task is about to build into.
 
 So a build with a work folder records its Packer in ``<work>/packer.pid.json``::
 
-    {"pid": 1234, "pgid": 1234, "start_ticks": 987654, "boot_id": "...", "token": "<uuid>",
+    {"pid": 1234, "pgid": 1234, "start_time": 9876.54, "boot_id": "...", "token": "<uuid>",
      "template": "/.../debian12-nginx", "command": "build", "started": "2026-...Z"}
 
 written *before* Packer starts (with the token only) and completed right after; removed once
@@ -15,19 +15,16 @@ Packer's process group is gone. Packer and everything it starts (plugins, QEMU) 
 ``BAKERY_PACKER_TOKEN=<token>`` in their environment.
 
 A process counts as that leftover only when it is provably the same: the leader by its pid **and**
-start time (``/proc/<pid>/stat``) on the same boot, any other member of the group by the token in
-its environment. A reused pid is never signalled. Stopping is the same as ``terminate()``: SIGTERM
-(Packer cancels the build and its builders clean up: QEMU stopped, output folder deleted), a
-bounded wait, then SIGKILL of what is left.
+start time (seconds since boot, ``bakery.processes.start_time``) on the same boot, any other member
+of the group by the token in its environment. A reused pid is never signalled. Stopping is the same
+as ``terminate()`` (``bakery.processes.stop``): SIGTERM (Packer cancels the build and its builders
+clean up: QEMU stopped, output folder deleted), a bounded wait, then the hard kill of what is left.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bakery import procfs
+from bakery import processes
 
 STATE_NAME = "packer.pid.json"
 TOKEN_ENV = "BAKERY_PACKER_TOKEN"
@@ -52,7 +49,7 @@ class PackerState:
     boot_id: str = ""
     pid: int | None = None
     pgid: int | None = None
-    start_ticks: int | None = None
+    start_time: float | None = None  # the leader's, in seconds since boot (``processes.start_time``)
     caller_pid: int = field(default_factory=os.getpid)
 
     @classmethod
@@ -62,7 +59,7 @@ class PackerState:
             template=template,
             command=command,
             started=datetime.now(UTC).isoformat(timespec="seconds"),
-            boot_id=procfs.boot_id(),
+            boot_id=processes.boot_id(),
         )
 
 
@@ -90,37 +87,26 @@ def read_state(path: str | os.PathLike[str]) -> PackerState | None:
     return PackerState(**{k: v for k, v in data.items() if k in names})
 
 
-def live_processes(state: PackerState) -> list[int]:
+def _leader(state: PackerState) -> processes.Process | None:
+    """The recorded Packer itself, if it still runs: same pid, same start time, same boot."""
+    if state.start_time is None or (state.boot_id and state.boot_id != processes.boot_id()):
+        return None
+    return processes.find(state.pid, state.start_time)
+
+
+def live_processes(state: PackerState) -> list[processes.Process]:
     """The processes of that Packer run that are still alive (verified, see the module doc)."""
-    if state.boot_id and state.boot_id != procfs.boot_id():
+    if state.boot_id and state.boot_id != processes.boot_id():
         return []  # recorded before a reboot: nothing of it can be alive
-    out: set[int] = set()
-    if state.pid is not None and procfs.alive(state.pid) and procfs.start_ticks(state.pid) == state.start_ticks:
-        out.add(state.pid)
+    leader = _leader(state)
+    out = [leader] if leader is not None else []
     if state.pgid is not None:
-        for pid in procfs.group_members(state.pgid):
-            if pid in out:
-                continue
-            if procfs.environ_value(pid, TOKEN_ENV) == state.token:
-                out.add(pid)
+        out += [p for p in processes.with_env(TOKEN_ENV, state.token, processes.group(state.pgid)) if p not in out]
     if state.pid is None:
         # killed between writing the state file and starting Packer / recording its pid: find
         # Packer by the token alone (a random uuid no unrelated process has).
-        for pid in procfs.pids():
-            if procfs.alive(pid) and procfs.environ_value(pid, TOKEN_ENV) == state.token:
-                out.add(pid)
-    return sorted(out)
-
-
-def _signal(state: PackerState, pids: list[int], sig: int) -> None:
-    leader_ok = state.pid is not None and state.pid in pids and state.pgid == state.pid
-    if leader_ok:
-        # the verified leader still owns its group id: the whole group is that run
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(state.pgid, sig)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+        out += [p for p in processes.with_env(TOKEN_ENV, state.token) if p not in out]
+    return sorted(out, key=lambda p: p.pid)
 
 
 def stop_leftover(
@@ -135,7 +121,7 @@ def stop_leftover(
 
     Returns a JSON-able report: ``{"state_file", "token", "pids", "action"}`` with action one of
     ``none`` (nothing recorded or nothing alive; a stale state file is removed), ``would stop``
-    (dry run), ``stopped`` (gone after SIGTERM), ``killed`` (needed SIGKILL). ``forget``: remove
+    (dry run), ``stopped`` (gone after SIGTERM), ``killed`` (needed the hard kill). ``forget``: remove
     the state file once nothing of the run is alive (the janitor keeps it: its age dates the folder).
     """
     path = Path(state_path)
@@ -146,10 +132,10 @@ def stop_leftover(
             path.unlink(missing_ok=True)  # unreadable: nothing can be verified against it
         return report
     report["token"] = state.token
-    pids = live_processes(state)
-    report["pids"] = pids
+    procs = live_processes(state)
+    report["pids"] = [p.pid for p in procs]
     report["started"] = state.started
-    if not pids:
+    if not procs:
         if not dry_run and forget:
             path.unlink(missing_ok=True)
         return report
@@ -157,27 +143,16 @@ def stop_leftover(
         report["action"] = "would stop"
         return report
     log(
-        f"a Packer run left by an earlier attempt is still running (pids {pids}, started "
+        f"a Packer run left by an earlier attempt is still running (pids {report['pids']}, started "
         f"{state.started}, recorded in {path}): SIGTERM, waiting up to {grace_seconds:g}s for its cleanup"
     )
-    _signal(state, pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        left = live_processes(state)
-        if not left:
-            report["action"] = "stopped"
-            log("the leftover Packer run stopped and cleaned up")
-            if forget:
-                path.unlink(missing_ok=True)
-            return report
-        time.sleep(0.1)
-    left = live_processes(state)
-    log(f"the leftover Packer run is still running after {grace_seconds:g}s (pids {left}): SIGKILL")
-    _signal(state, left, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while live_processes(state) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    report["action"] = "killed"
+    # the whole group when its verified leader still owns it (it reaches what Packer starts meanwhile)
+    leader = _leader(state)
+    group = state.pgid if leader is not None and state.pgid == leader.pid else None
+    action = processes.stop(procs, group=group, grace_seconds=grace_seconds, log=log, what="the leftover Packer run")
+    report["action"] = action if action != "none" else "stopped"
+    if action == "stopped":
+        log("the leftover Packer run stopped and cleaned up")
     if forget and not live_processes(state):
         path.unlink(missing_ok=True)
     return report

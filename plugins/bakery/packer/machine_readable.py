@@ -21,6 +21,14 @@ Facts from Packer 1.6.6 (see tests/fixtures/packer/ for real transcripts):
 - ``packer version``: ``,version,1.6.6``, ``,version-prelease,``, ``,version-commit,``.
 - Packer prints no run UUID (``PACKER_RUN_UUID``) in this output; the runner reads it from
   Packer's environment instead.
+
+An artifact counts only when it is **whole** (``Artifact.problems`` is empty): its ``id``, its
+``files-count`` and that many ``file`` lines, its ``end`` line; and each build reported as many
+artifacts as its ``artifact-count`` announced. Output cut short (Packer killed while printing
+them) or a line that cannot be read (an index that is not a number) is listed by
+``artifact_problems()``, never guessed at. Paths are kept as Packer wrote them: the runner
+decodes output with ``surrogateescape``, so a file name that is not UTF-8 maps back to its bytes
+(``os.fsencode``).
 """
 
 from __future__ import annotations
@@ -111,9 +119,23 @@ class Artifact:
     builder_id: str = ""
     id: str = ""
     string: str = ""
-    files_count: int = 0
+    files_count: int | None = None  # None: no ``files-count`` line (yet)
     files: list[str] = field(default_factory=list)
     complete: bool = False  # the ``end`` line was seen
+
+    @property
+    def problems(self) -> list[str]:
+        """Why this artifact is not whole ([] when it is): Packer's output was cut or garbled."""
+        out = []
+        if not self.id:
+            out.append("no id")
+        if self.files_count is None:
+            out.append("no files-count line")
+        elif len(self.files) != self.files_count:
+            out.append(f"{len(self.files)} of its {self.files_count} file lines")
+        if not self.complete:
+            out.append("no end line")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"build": self.build, "builder_id": self.builder_id, "id": self.id, "files": list(self.files)}
@@ -143,6 +165,7 @@ class MachineReadableParser:
         self.events: list[Event] = []
         self.ui: list[UiLine] = []
         self.raw_lines: list[str] = []
+        self.malformed: list[str] = []  # artifact lines that could not be read, with the reason
         self.artifact_counts: dict[str, int] = {}
         self._artifacts: dict[tuple[str, int], Artifact] = {}
         self.error_count: int | None = None
@@ -168,7 +191,11 @@ class MachineReadableParser:
         elif ev.type == "artifact":
             self._on_artifact(ev)
         elif ev.type == "artifact-count" and ev.data:
-            self.artifact_counts[ev.target] = _int(ev.data[0])
+            count = _int(ev.data[0])
+            if count is None:
+                self._malformed(ev, f"artifact-count {ev.data[0]!r} is not a number")
+            else:
+                self.artifact_counts[ev.target] = count
         elif ev.type == "error-count" and ev.data:
             self.error_count = _int(ev.data[0])
         elif ev.type == "error":
@@ -196,10 +223,17 @@ class MachineReadableParser:
             self.builds[m["build"]] = "errored"
             self.build_messages[m["build"]] = m["message"].strip()
 
+    def _malformed(self, ev: Event, why: str) -> None:
+        self.malformed.append(f"{ev.target or '?'}: {why} (line: {ev.type},{','.join(ev.data)[:200]})")
+
     def _on_artifact(self, ev: Event) -> None:
         if len(ev.data) < 2:
+            self._malformed(ev, "artifact line without index and key")
             return
         index = _int(ev.data[0])
+        if index is None:  # never merge it into another artifact: it is unreadable
+            self._malformed(ev, f"artifact index {ev.data[0]!r} is not a number")
+            return
         key = ev.data[1]
         values = ev.data[2:]
         art = self._artifacts.get((ev.target, index))
@@ -216,6 +250,8 @@ class MachineReadableParser:
             art.string = value
         elif key == "files-count":
             art.files_count = _int(value)
+            if art.files_count is None:
+                self._malformed(ev, f"files-count {value!r} is not a number")
         elif key == "file" and len(values) >= 2:
             art.files.append(",".join(values[1:]))
         elif key == "end":
@@ -234,9 +270,20 @@ class MachineReadableParser:
     def artifacts_for(self, build: str) -> list[Artifact]:
         return [a for a in self._artifacts.values() if a.build == build]
 
+    def artifact_problems(self) -> list[str]:
+        """Why the reported artifacts cannot be trusted ([] when every one is whole, see the module doc)."""
+        out = list(self.malformed)
+        for a in self._artifacts.values():
+            if a.problems:
+                out.append(f"artifact {a.index} of {a.build or '?'}: {', '.join(a.problems)}")
+        for build, count in self.artifact_counts.items():
+            seen = len(self.artifacts_for(build))
+            if seen != count:
+                out.append(f"{build}: {count} artifacts announced, {seen} reported")
+        return out
 
-def _int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return 0
+
+def _int(text: str) -> int | None:
+    """A non-negative decimal number, or None (Packer writes nothing else in these fields)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None

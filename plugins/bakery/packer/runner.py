@@ -9,16 +9,23 @@ How it runs Packer:
   Packer started (plugins, QEMU, provisioner scripts);
 - every line is decoded as it arrives and passed to ``log`` straight away. Packer writes to an
   anonymous file (memfd) that we tail, not to a pipe: Packer never blocks on us, and if this
-  process is killed while Packer cleans up, Packer is not killed by SIGPIPE at its next line;
+  process is killed while Packer cleans up, Packer is not killed by SIGPIPE at its next line.
+  Lines are decoded with ``surrogateescape``: a path that is not UTF-8 stays the same bytes in
+  the artifacts (``os.fsencode``); the log shows such bytes as ``\\xNN``;
 - non-sensitive variables go in a JSON var-file in a private temporary folder (Packer 1.6.6
   reads ``*.json`` var-files for HCL2 templates, and legacy JSON templates only read JSON);
   sensitive variables only as ``PKR_VAR_<name>`` environment variables: never on the command
   line, never in a file, and every line is masked before it reaches ``log`` or an error.
 
-``terminate()`` sends SIGTERM to Packer's process group (Packer treats SIGTERM like SIGINT:
-"Cancelling build after receiving terminated", its builders clean up, e.g. the QEMU builder
-stops QEMU and deletes its output folder), waits ``kill_grace_seconds`` for that, then SIGKILLs
-whatever is left of the group.
+``terminate()`` stops Packer's process group with ``bakery.processes.stop``: SIGTERM (Packer
+treats it like SIGINT: "Cancelling build after receiving terminated", its builders clean up, e.g.
+the QEMU builder stops QEMU and deletes its output folder), up to ``kill_grace_seconds`` for that,
+then the hard kill of whatever is left of the group.
+
+A build succeeds only with exit code 0 and whole artifacts (``Artifact.problems``). A failure
+quotes, in this order, Packer's ``error`` lines; else what it printed outside its UI (a panic);
+else its own UI errors; and then the last error output of the build (provisioner stderr) as
+context, never as the reason.
 
 With a ``work_dir`` (the folder this build owns, e.g. ``$BAKERY_HOME/work/<image>/<version>``),
 ``build()`` also guards against the two ways a build collides with another one on that folder:
@@ -27,7 +34,7 @@ With a ``work_dir`` (the folder this build owns, e.g. ``$BAKERY_HOME/work/<image
   smoke test / publish) of the same folder fails at once with ``WorkBusyError``;
 - it records its Packer in ``<work_dir>/packer.pid.json`` (``bakery.packer.leftovers``); before
   starting, a Packer recorded there by an earlier attempt that is still alive (the task was
-  SIGKILLed, Packer survived in its own session) is stopped (SIGTERM, bounded wait, SIGKILL;
+  killed hard, Packer survived in its own session) is stopped (``bakery.processes.stop``;
   verified by start time, never a reused pid), and a stale ``output_directory`` inside the work
   folder is removed.
 """
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import procfs
+from bakery import processes
 from bakery.packer.leftovers import (
     STATE_NAME,
     TOKEN_ENV,
@@ -66,6 +73,10 @@ MASK = "***"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _REQUIRED_PLUGINS = re.compile(r"^\s*required_plugins\b|\"required_plugins\"\s*:", re.MULTILINE)
 _SUMMARY = re.compile(r"^(Build '[^']+' errored|--> |==> Some builds|Cancelling build)")
+# a UI line a build printed for one of its steps (provisioner output): "==> qemu.x: ...", "    qemu.x: ..."
+_BUILD_OUTPUT = re.compile(r"^(==> |    )[\w.-]+: ")
+# where a crash starts in what Go / panicwrap print outside the UI
+_CRASH = re.compile(r"^(panic: |fatal error: |SIG[A-Z]+: |runtime: )")
 _UUID = re.compile(r"^[0-9a-fA-F-]{36}$")
 _NOTHING = object()
 
@@ -93,12 +104,13 @@ class PackerResult:
     manifest_entry: dict[str, Any] | None = None
     interrupted: bool = False
     duration_seconds: float = 0.0
+    artifact_problems: list[str] = field(default_factory=list)  # why the artifacts are not whole
 
     @property
     def ok(self) -> bool:
         if self.exit_code != 0 or self.interrupted:
             return False
-        return bool(self.artifacts) if self.command == "build" else True
+        return bool(self.artifacts) and not self.artifact_problems if self.command == "build" else True
 
     def unique_artifacts(self) -> list[Artifact]:
         """Artifacts without the copies that keep-input post-processors (manifest) report again."""
@@ -167,9 +179,9 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
-group_members = procfs.group_members  # re-exported: tests and callers import it from here
-_children = procfs.children
-_environ_value = procfs.environ_value
+def printable(text: str) -> str:
+    """``text`` as it can be logged: bytes that were not UTF-8 (surrogateescape) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class PackerRunner:
@@ -215,7 +227,7 @@ class PackerRunner:
         self._log = log
         self._version: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._pgid: int | None = None
+        self._pgid: int | None = None  # Packer's process group (its own session): what terminate() stops
         self._term_lock = threading.Lock()
         self._term_owner: int | None = None
         self._term_done = threading.Event()
@@ -229,7 +241,7 @@ class PackerRunner:
     # -- public API -----------------------------------------------------------------------
 
     def log(self, text: str) -> None:
-        self._log(self._mask(text))
+        self._log(printable(self._mask(text)))
 
     def version(self) -> str:
         """Packer's version, e.g. ``"1.6.6"`` (cached)."""
@@ -299,6 +311,16 @@ class PackerRunner:
                 result = self._run("build", args, discover_uuid=True, state_file=self.state_file)
         if result.exit_code != 0 or result.interrupted:
             raise PackerError(self._failure_message(result), result=result, command="build")
+        if result.artifact_problems:
+            raise PackerError(
+                self._mask(printable(
+                    f"packer build of {self.template} exited 0 but its artifacts are not whole (output cut "
+                    "short or garbled?); a build succeeds only with complete artifacts:\n"
+                    + _indent(result.artifact_problems)
+                )),
+                result=result,
+                command="build",
+            )
         if not result.artifacts:
             which = f" (-only={','.join(only)} matched no build?)" if only else ""
             raise PackerError(
@@ -309,7 +331,7 @@ class PackerRunner:
             )
         for a in result.unique_artifacts():
             files = f" files: {', '.join(a.files)}" if a.files else ""
-            self.log(f"artifact of {a.build}: {a.id} ({a.builder_id}){files}")
+            self.log(f"artifact of {a.build}: {a.id} ({a.builder_id}){files}")  # log() shows odd bytes as \\xNN
         return result
 
     @property
@@ -335,10 +357,10 @@ class PackerRunner:
         return report
 
     def terminate(self) -> None:
-        """Stop Packer: SIGTERM to its process group, wait for its cleanup, then SIGKILL the rest.
+        """Stop Packer: SIGTERM to its process group, wait for its cleanup, then kill the rest.
 
         Safe to call from another thread, from a signal handler, more than once, or when
-        nothing is running. Returns when no process of the group is left (or after SIGKILL).
+        nothing is running. Returns when no process of the group is left (or after the hard kill).
         """
         proc, pgid = self._proc, self._pgid
         if proc is None or pgid is None:
@@ -352,24 +374,17 @@ class PackerRunner:
             if self._term_done.is_set():
                 return
             self._term_owner = me
-            if not group_members(pgid) and proc.poll() is not None:
+            if not processes.group(pgid) and proc.poll() is not None:
                 return  # Packer had already finished: nothing was interrupted
             self._interrupted = True
             self.log(
                 f"stopping Packer: SIGTERM to its process group {pgid}; "
                 f"waiting up to {self.kill_grace_seconds:g}s for its cleanup"
             )
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                return
-            if self._wait_group_gone(pgid, self.kill_grace_seconds):
+            # the group is Packer's: its id stays taken (never reused) while any member of it lives
+            action = processes.stop(group=pgid, grace_seconds=self.kill_grace_seconds, log=self.log, what="Packer")
+            if action == "stopped":
                 self.log("Packer stopped and cleaned up")
-                return
-            left = group_members(pgid)
-            self.log(f"Packer still running after {self.kill_grace_seconds:g}s (pids {left}); SIGKILL to group {pgid}")
-            self._killpg(pgid, signal.SIGKILL)
-            self._wait_group_gone(pgid, 10)
         finally:
             self._term_done.set()
             self._term_owner = None
@@ -482,8 +497,8 @@ class PackerRunner:
             if discover_uuid:
                 self._run_started = time.time()
                 self.last_run_uuid = None
-            out_r, out_w = _output_channel(tmpdir)
-            tail = _LineTail(out_r)
+            out = _output_channel(tmpdir)
+            tail = _LineTail(out)
             prev_handler = self._install_sigterm_handler()
             env = self._environment()
             if state_file is not None:
@@ -496,22 +511,21 @@ class PackerRunner:
                 proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
-                    stdout=out_w,
+                    stdout=out,  # a file we tail, never a pipe (see _output_channel)
                     stderr=subprocess.STDOUT,
                     cwd=self.cwd,
                     env=env,
-                    start_new_session=True,
+                    start_new_session=True,  # its own group: our signals are not its, terminate() reaches all of it
                 )
                 if state_file is not None and self._state is not None:
                     self._state.pid = self._state.pgid = proc.pid
-                    self._state.start_ticks = procfs.start_ticks(proc.pid)
+                    with contextlib.suppress(Exception):  # gone already: its group is found by the token
+                        self._state.start_time = processes.start_time(processes.Process(proc.pid))
                     write_state(state_file, self._state)
             except FileNotFoundError as e:
                 raise PackerError(
                     f"the Packer binary {self.packer_bin!r} was not found: install Packer or set packer_bin"
                 ) from e
-            finally:
-                os.close(out_w)
             self._proc, self._pgid = proc, proc.pid
             try:
                 while True:
@@ -543,7 +557,13 @@ class PackerRunner:
                 self._reap_leftovers()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
-            if state_file is not None and (proc is None or not group_members(proc.pid)):
+                if tail is not None:
+                    # Packer's wrapper can exit before the real Packer has finished printing (its
+                    # cleanup after SIGTERM): read what came after, now that the group is gone
+                    with contextlib.suppress(Exception):
+                        for line in tail.read_lines(final=True):
+                            self._handle_line(line, parser)
+            if state_file is not None and (proc is None or not processes.group(proc.pid)):
                 with contextlib.suppress(OSError):
                     state_file.unlink(missing_ok=True)  # nothing of this run is left to find
             self._state = None
@@ -566,48 +586,34 @@ class PackerRunner:
             packer_version=self._version,
             interrupted=self._interrupted,
             duration_seconds=round(time.monotonic() - started, 3),
+            artifact_problems=parser.artifact_problems(),
         )
         self.last_result = result
         return result
 
     def _handle_line(self, raw: bytes, parser: MachineReadableParser) -> None:
-        ev = parser.feed(raw.decode("utf-8", errors="replace"))
+        # surrogateescape, not "replace": a path that is not UTF-8 must name the same file afterwards
+        ev = parser.feed(raw.decode("utf-8", errors="surrogateescape"))
         if ev is None:
             return
         if ev.raw or ev.type == "ui":
             text = parser.ui[-1].text if parser.ui else ev.text
             if text:
-                self._log(text)  # already masked by the parser
-
-    def _wait_group_gone(self, pgid: int, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while True:
-            proc = self._proc
-            main_alive = proc is not None and proc.poll() is None
-            if not main_alive and not group_members(pgid):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-
-    @staticmethod
-    def _killpg(pgid: int, sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+                self._log(printable(text))  # already masked by the parser
 
     def _reap_leftovers(self) -> None:
-        """After Packer exited: stop what it left in its process group (SIGTERM, then SIGKILL)."""
+        """After Packer exited: stop what it left in its process group (``processes.stop``)."""
         pgid = self._pgid
         if pgid is None or self._proc is None or self._proc.poll() is None:
             return
-        if not self._wait_group_gone(pgid, 2):
-            self.log(f"Packer exited but left processes {group_members(pgid)} behind: stopping them")
-            self._killpg(pgid, signal.SIGTERM)
-            if not self._wait_group_gone(pgid, 5):
-                self._killpg(pgid, signal.SIGKILL)
-                self._wait_group_gone(pgid, 5)
+        if self._interrupted and not self._term_done.is_set():
+            # terminate() runs in another thread: its grace period is Packer's to clean up in (the
+            # wrapper, our child, may exit before the real Packer has finished its cleanup)
+            self._term_done.wait(self.kill_grace_seconds + 30)
+        left = processes.wait_gone(group=pgid, timeout=2)  # plugins exit on their own right after Packer
+        if left:
+            self.log(f"Packer exited but left processes {sorted(p.pid for p in left)} behind: stopping them")
+            processes.stop(group=pgid, grace_seconds=self.kill_grace_seconds, log=self.log, what="what Packer left")
 
     def _install_sigterm_handler(self) -> Any:
         """While Packer runs, our own SIGTERM first stops Packer (then runs the previous handler)."""
@@ -639,18 +645,40 @@ class PackerRunner:
             head = f"{what} was stopped (terminate() / SIGTERM), exit code {result.exit_code}"
         else:
             head = f"{what} failed with exit code {result.exit_code}"
-        if result.errors:
+        own_ui_errors = [u for u in result.ui_errors if not _BUILD_OUTPUT.match(u)]
+        with_context = True
+        if result.errors:  # Packer's verdict on each failed build
             reasons = [f"{e.build}: {e.message}" if e.build else e.message for e in result.errors]
-        elif result.ui_errors:
-            reasons = result.ui_errors[-10:]
-        else:
-            reasons = result.raw_lines[-10:] or ["Packer printed no error line: see the log above"]
+        elif raw := _raw_excerpt(result.raw_lines):  # a crash: Go and panicwrap print outside the UI
+            reasons = raw
+        elif own_ui_errors:  # Packer's own messages (a template error, "Build was cancelled.")
+            reasons, with_context = own_ui_errors[-10:], False
+        else:  # only what the build's steps printed: that is context, not why Packer failed
+            reasons = [f"Packer exited with code {result.exit_code} without saying why (no error line, nothing "
+                       "outside its UI): it crashed or was killed; its crash.log or a run with PACKER_LOG=1 tells more"]
         text = f"{head}:\n{_indent(reasons)}"
         # what the failing step printed on stderr (ui errors before Packer's own summary lines)
         context = [u for u in result.ui_errors if not _SUMMARY.match(u) and u not in reasons][-5:]
-        if result.errors and context:
+        if with_context and context:
             text += f"\nlast error output before that:\n{_indent(context)}"
-        return self._mask(text)
+        return printable(self._mask(text))
+
+
+def _raw_excerpt(raw_lines: Sequence[str], limit: int = 10) -> list[str]:
+    """The lines worth quoting of what Packer printed outside its UI: a crash from its first line
+    (``panic: ...`` and where, up to panicwrap's banner), else the last lines; plus a pointer to
+    the crash.log panicwrap wrote."""
+    lines = [ln for ln in raw_lines if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if _CRASH.match(ln)), None)
+    if start is not None:
+        crash = lines[start:]
+        end = next((i for i, ln in enumerate(crash) if ln.startswith("!!!")), len(crash))
+        out = crash[: min(end, limit)]
+    else:
+        out = [ln for ln in lines if not ln.startswith("!!!")][-limit:]
+    if any("crash.log" in ln for ln in lines):
+        out.append("(Packer crashed: it wrote crash.log in its working folder)")
+    return out
 
 
 def _indent(lines: Iterable[str]) -> str:
@@ -661,44 +689,40 @@ def _indent(lines: Iterable[str]) -> str:
     return "\n".join(out)
 
 
-def _output_channel(tmpdir: str) -> tuple[int, int]:
-    """A (read fd, write fd) pair on an anonymous file that Packer appends its output to.
+def _output_channel(tmpdir: str) -> int:
+    """A file descriptor of an anonymous file: Packer's stdout and stderr, and what we tail.
 
-    Not a pipe: if this process dies (Airflow SIGKILLs a task a few seconds after SIGTERM), a
+    Not a pipe: if this process dies (Airflow kills a task hard a few seconds after SIGTERM), a
     pipe would kill Packer with SIGPIPE at its next line, in the middle of its cleanup. A file
     takes Packer's writes whoever reads it. memfd (Linux) keeps it off the disk, since it may hold
-    what provisioners print; elsewhere an unlinked temporary file.
+    what provisioners print; elsewhere an unlinked temporary file. Packer's copy of the descriptor
+    shares its file offset with ours, so we read with ``pread`` at our own offset and never move
+    it: Packer's writes always land at the end.
     """
     try:
-        fd = os.memfd_create("packer-output", os.MFD_CLOEXEC)
-        path = f"/proc/self/fd/{fd}"
-        try:
-            w = os.open(path, os.O_WRONLY | os.O_APPEND)
-            r = os.open(path, os.O_RDONLY)
-        finally:
-            os.close(fd)
-        return r, w
+        return os.memfd_create("packer-output", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
         path = os.path.join(tmpdir, "packer-output")
-        w = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-        r = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.unlink(path)
-        return r, w
+        return fd
 
 
 class _LineTail:
-    """Reads complete lines from a growing file descriptor without blocking."""
+    """Reads complete lines from a growing file without blocking (and without moving its offset)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._offset = 0
         self._partial = b""
 
     def read_lines(self, final: bool = False) -> list[bytes]:
         chunks = [self._partial]
         while True:
-            data = os.read(self.fd, 1 << 16)
+            data = os.pread(self.fd, 1 << 16, self._offset)
             if not data:
                 break
+            self._offset += len(data)
             chunks.append(data)
         buf = b"".join(chunks)
         *lines, self._partial = buf.split(b"\n")
@@ -714,8 +738,9 @@ class _LineTail:
 
 def _discover_run_uuid(pid: int) -> str | None:
     """Packer's wrapper generates PACKER_RUN_UUID and starts the real Packer with it in its env."""
-    for child in _children(pid):
-        value = _environ_value(child, "PACKER_RUN_UUID")
+    wrapper = processes.find(pid)
+    for child in processes.tree(wrapper)[1:] if wrapper is not None else []:
+        value = processes.environ_value(child, "PACKER_RUN_UUID")
         if value and _UUID.match(value):
             return value
     return None

@@ -46,6 +46,28 @@ class Target(Protocol):
 
     def smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult: ...
 
+    # The smoke test as three steps, for a DAG that runs them as an Airflow setup / check / teardown
+    # (the Azure one: the VM outlives a failed check until the teardown task deletes it). A target whose
+    # smoke test cleans up after itself (local) keeps these defaults: nothing to set up, the whole test
+    # as the check, nothing left to tear down.
+    def smoke_setup(self, record: BakeRecord, check: SmokeCheck, log: Log) -> dict[str, Any]:
+        """Create what the check needs; return what ``smoke_check`` needs to reach it (JSON-able).
+        Cleans up after itself when it fails; a retry first deletes what an earlier attempt left."""
+        return {}
+
+    def smoke_check(self, record: BakeRecord, info: dict[str, Any], check: SmokeCheck, log: Log) -> SmokeResult:
+        """The check itself: a verdict (a failed check is a result, not an exception)."""
+        return self.smoke_test(record, check, log)
+
+    def smoke_teardown(self, record: BakeRecord, log: Log, *, quiet: bool = False,
+                       delete_image: bool = False) -> list[str]:
+        """Delete whatever ``smoke_setup`` made (idempotent), and with ``delete_image`` the bake's image
+        (a failed bake's). Returns what was deleted."""
+        return []
+
+    def close(self) -> None:
+        """Release clients and connections (the operators call it when a task is done)."""
+
     def publish(self, record: BakeRecord, log: Log, *, replace_existing: bool = False) -> str:
         """Publish the record's artifact as version ``record.version``; return its published id.
 

@@ -29,7 +29,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -44,7 +43,7 @@ from bakery.packages.manifest import MANIFEST_NAME, SBOM_NAME, Manifest, Manifes
 from bakery.packages.pool import PackagePool, default_pool
 from bakery.paths import REPO_ROOT, bakery_home, gallery_root, work_root
 from bakery.record import BakeRecord, SmokeResult
-from bakery.targets.base import Log, PublishedVersion, SmokeCheck
+from bakery.targets.base import Log, PublishedVersion, SmokeCheck, Target
 from bakery.versioning import VersionError, parse_version, version_key
 from bakery.worklock import work_lock
 
@@ -97,8 +96,10 @@ def ensure_base_image(log: Log) -> Path:
                 log(f"base image: {line}")
         rc = proc.wait()
     except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        from bakery.processes import stop
+
+        stop(group=proc.pid, grace_seconds=60, what="the base image build")  # its mmdebstrap / QEMU too
+        proc.wait(timeout=10)
         raise
     if rc != 0:
         raise GalleryError(f"{BASE_IMAGE_SCRIPT} failed with exit code {rc}: {last}")
@@ -108,7 +109,7 @@ def ensure_base_image(log: Log) -> Path:
     return path
 
 
-class LocalTarget:
+class LocalTarget(Target):  # the Target interface's three-step smoke test and close() defaults apply
     name = "local"
 
     def __init__(self, gallery: Path | None = None, *, vm_memory_mb: int = 1024, vm_cpus: int = 2):
