@@ -333,7 +333,7 @@ def check_changes(spec: ImageSpec, prepared: dict[str, Any], *, force_rebuild: b
       catalogue variables, and pending package updates (its manifest against the mirrors' current
       indices, ``bakery.packages.updates``; no VM). Equal everywhere: skip.
     """
-    from bakery.packages.updates import pending_updates
+    from bakery.packages.updates import UpdateCheckError, pending_updates
 
     rec = BakeRecord.from_dict(prepared["record"])
     target = target or get_target(rec.target, spec)
@@ -377,16 +377,31 @@ def check_changes(spec: ImageSpec, prepared: dict[str, Any], *, force_rebuild: b
     elif not spec.packages.mirrors:
         reasons.append("the catalogue lists no package mirrors for this image, so pending updates cannot be checked")
     else:
-        check = pending_updates(manifest, spec.packages.mirrors, pool or default_pool(), arch=spec.packages.arch, log=log)
-        pending = check.lines(limit=50)
-        compared["indices"] = check.indices
-        if check.pending:
-            reasons.append(f"{len(check.pending)} package update(s) pending on the mirrors since {latest}: "
-                           + "; ".join(check.lines(limit=10)))
+        try:
+            check = pending_updates(manifest, spec.packages.mirrors, pool or default_pool(), arch=spec.packages.arch,
+                                    family=spec.packages.family, log=log)
+        except UpdateCheckError as exc:
+            # when in doubt, bake: a mirror this worker cannot read (down, unreachable, zstd metadata) must not
+            # stop the nightly patch-rebake (the build VM installs through its own repositories)
+            reasons.append(f"pending package updates could not be checked, so the run bakes: {exc}")
+            compared["update_check_error"] = str(exc)
+        else:
+            pending = check.lines(limit=50)
+            compared["indices"] = check.indices
+            if check.pending:
+                reasons.append(f"{len(check.pending)} package update(s) pending on the mirrors since {latest}: "
+                               + "; ".join(check.lines(limit=10)))
     if reasons:
         return decide(True, reasons, compared_with=latest, pending=pending, compared=compared)
-    return decide(False, [f"nothing changed since {latest}: same template ({rec.template_digest[:19]}...), base image "
-                          f"({(rec.base_digest or '')[:19]}...), catalogue variables, and none of its "
+    return decide(False, [f"nothing changed since {latest}: same template ({_short(rec.template_digest)}), base image "
+                          f"({_short(rec.base_digest)}), catalogue variables, and none of its "
                           f"{len(manifest or ())} packages has a newer version on "
                           f"{', '.join(m.url for m in spec.packages.mirrors)}"],
                   compared_with=latest, pending=[], compared=compared)
+
+
+def _short(digest: str | None) -> str:
+    """A sha256 digest shortened for a log line; anything else (Azure's ``marketplace:<urn>``) in full."""
+    if not digest:
+        return "none"
+    return f"{digest[:19]}..." if digest.startswith("sha256:") and len(digest) > 19 else digest

@@ -148,12 +148,15 @@ _PRUNE = {
         "dry_run": {"type": "boolean", "description": "true or false"},
     },
 }
+# packages.mirrors[]: family deb: a Debian-style archive (url + suites + components); family rpm: an rpm
+# repository base URL (the folder holding repodata/), no suites or components (checked in _packages_spec)
 _MIRROR = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["url", "suites"],
+    "required": ["url"],
     "properties": {
-        "url": {"type": "string", "pattern": r"^https?://[^\s]+$", "description": "an http(s) URL of a Debian-style archive"},
+        "url": {"type": "string", "pattern": r"^https?://[^\s]+$",
+                "description": "an http(s) URL (a Debian-style archive, or an rpm repository base URL)"},
         "suites": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": r"^[A-Za-z0-9._/-]+$"}},
         "components": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": r"^[A-Za-z0-9._-]+$"}},
         "snapshot": {"type": "string", "pattern": r"^https?://[^\s]*\{timestamp\}[^\s]*$",
@@ -240,7 +243,11 @@ class PrunePolicy:
 
 @dataclass(frozen=True)
 class PackagesSpec:
-    """Where an image's packages come from (for the inputs of a bake and the pending-update check)."""
+    """Where an image's packages come from (for the inputs of a bake and the pending-update check).
+
+    ``family`` deb: each mirror an archive with suites and components, ``arch`` its ``binary-<arch>``
+    index; rpm: each mirror an rpm repository (its base URL names the architecture), ``arch`` for the
+    reader (default x86_64); packages are matched by name and architecture as installed."""
 
     family: str = "deb"
     arch: str = "amd64"
@@ -376,14 +383,36 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
     )
 
 
-def _packages_spec(raw: dict[str, Any]) -> PackagesSpec:
-    mirrors = tuple(
-        Mirror(url=m["url"].rstrip("/"), suites=tuple(m["suites"]), components=tuple(m.get("components", ["main"])),
-               snapshot=m.get("snapshot"), trusted=bool(m.get("trusted", False)))
-        for m in raw.get("mirrors", ())
-    )
-    return PackagesSpec(family=raw.get("family", "deb"), arch=raw.get("arch", "amd64"), mirrors=mirrors,
-                        retention_days=float(raw.get("retention_days", 90)))
+DEFAULT_ARCH = {"deb": "amd64", "rpm": "x86_64"}
+
+
+def _packages_spec(where: str, raw: dict[str, Any], problems: list[str]) -> PackagesSpec:
+    """The ``packages`` block. deb mirrors are archives read suite by suite (``suites`` required,
+    ``components`` default main); an rpm mirror's ``url`` is the repository itself (``.../BaseOS/x86_64/os``),
+    so it takes neither."""
+    family = raw.get("family", "deb")
+    mirrors = []
+    for n, m in enumerate(raw.get("mirrors", ())):
+        fld = f"{where}, field 'packages.mirrors.{n}"
+        if family == "deb":
+            if not m.get("suites"):
+                problems.append(f"{fld}.suites': required for family deb: the archive's suites to read, e.g. "
+                                "[bookworm, bookworm-updates] (or set packages.family: rpm for an rpm repository)")
+                continue
+            mirrors.append(Mirror(url=m["url"].rstrip("/"), suites=tuple(m["suites"]),
+                                  components=tuple(m.get("components", ["main"])), snapshot=m.get("snapshot"),
+                                  trusted=bool(m.get("trusted", False))))
+            continue
+        unused = [k for k in ("suites", "components") if k in m]
+        if unused:
+            problems.append(f"{fld}.{unused[0]}': not used for family rpm: the url is the repository itself, the "
+                            "folder that holds repodata/ (e.g. https://repo.almalinux.org/almalinux/9/BaseOS/x86_64/os); "
+                            f"remove {' and '.join(unused)}")
+            continue
+        mirrors.append(Mirror(url=m["url"].rstrip("/"), suites=(), components=(), snapshot=m.get("snapshot"),
+                              trusted=bool(m.get("trusted", False))))
+    return PackagesSpec(family=family, arch=raw.get("arch", DEFAULT_ARCH.get(family, "amd64")),
+                        mirrors=tuple(mirrors), retention_days=float(raw.get("retention_days", 90)))
 
 
 @dataclass(frozen=True)
@@ -480,7 +509,7 @@ def parse_catalogue(
             build_timeout_minutes=entry.get("build_timeout_minutes", 90),
             retries=entry.get("retries", 1),
             azure=azure,
-            packages=_packages_spec(entry.get("packages") or {}),
+            packages=_packages_spec(where, entry.get("packages") or {}, problems),
             backfill_protect_days=float((entry.get("backfill") or {}).get("protect_days", 7.0)),
             catalogue_path=path,
         )

@@ -285,6 +285,9 @@ class Arm:
         self.pool = pool  # vmhttp.LoopbackPool, for the emulated VMs' addresses
         self.behaviours: list[tuple[str, Any]] = []  # (image name glob, ImageBehaviour), newest first
         self.vm_servers: dict[str, Any] = {}  # vm id (lower) -> vmhttp.VmHttpServer
+        from .marketplace import IMAGES
+
+        self.marketplace = list(IMAGES)  # this emulator's Marketplace (a test can publish a newer version)
 
     # --- entry point ------------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict, raw_body: bytes) -> Response:
@@ -372,7 +375,7 @@ class Arm:
         if m := _VMIMAGE_RE.match(path):
             if method != "GET":
                 raise _method_not_allowed(method)
-            return self._marketplace(m)
+            return self._marketplace(m, query)
         if m := _GENERIC_RE.match(path):
             if method != "GET":
                 raise _method_not_allowed(method)
@@ -421,16 +424,17 @@ class Arm:
             return kind.actions[action](self, ctx, res)
         return self._item(kind, ctx, body)
 
-    def _marketplace(self, m: re.Match) -> Response:
-        """Virtual Machine Images - List (a bare JSON array, oldest first) / Get (see marketplace.py)."""
+    def _marketplace(self, m: re.Match, query: dict) -> Response:
+        """Virtual Machine Images - List (a bare JSON array in name order as strings, ``$orderby``,
+        ``$top``) / Get (see marketplace.py)."""
         from . import marketplace, regions
 
         location = regions.normalize(m["loc"])
-        image = marketplace.find(m["pub"], m["offer"], m["sku"])
+        image = marketplace.find(m["pub"], m["offer"], m["sku"], self.marketplace)
         if location is None or image is None:
             raise marketplace.not_found()
         if m["version"] is None:
-            versions = sorted(image.versions, key=marketplace.version_key)
+            versions = marketplace.list_versions(image, query)
             return Response(200, [{"location": location, "name": v,
                                    "id": marketplace.image_id(m["sub"], location, image, v)} for v in versions])
         if m["version"] not in image.versions:

@@ -50,14 +50,18 @@ def emulated_world(client_secret: str | None = None, *, infrastructure: bool = T
     assert emulator.internal_errors == []
 
 
-def catalogue_entry(world: AzureWorld, *, smoke_timeout: int = 60, keep: int = 2, sbom: dict | None = None) -> dict:
-    """The shipped catalogue's entry of IMAGE, pointed at the emulator (``sbom``: its azure.sbom block)."""
+def catalogue_entry(world: AzureWorld, *, smoke_timeout: int = 60, keep: int = 2, sbom: dict | None = None,
+                    mirrors: list[dict] | None = None) -> dict:
+    """The shipped catalogue's entry of IMAGE, pointed at the emulator (``sbom``: its azure.sbom block).
+    ``mirrors``: its packages.mirrors (a loopback repository of the test); by default none: the shipped
+    entry's real AlmaLinux repositories are never read by a test (check_changes then always bakes)."""
     from bakery.catalogue import DEFAULT_CATALOGUE
 
     entry = yaml.safe_load(DEFAULT_CATALOGUE.read_text())["images"][IMAGE]
     entry["azure"] = world.azure_block(conn_id=CONN_ID)
     if sbom is not None:
         entry["azure"]["sbom"] = sbom
+    entry["packages"] = {**(entry.get("packages") or {}), "mirrors": list(mirrors or [])}
     entry["smoke_test"] = {"path": "/", "port": world.emu.vm_http_port, "expect_status": 200,
                            "expect_text": "Welcome to nginx", "timeout_seconds": smoke_timeout}
     entry["prune"] = {"keep": keep, "dry_run": False}
@@ -70,17 +74,19 @@ class Bake:
     Everything of the run lives under ``home``: the catalogue, the bakery home (``home/bakery``),
     the fake packer's invocation log (``home/fake-packer.jsonl``), the output of `airflow dags test`.
     ``env`` adds (or overrides) environment variables of the run; ``sbom`` is the catalogue's
-    ``azure.sbom`` block (its wasb connection goes in ``env`` as ``AIRFLOW_CONN_<ID>``).
+    ``azure.sbom`` block (its wasb connection goes in ``env`` as ``AIRFLOW_CONN_<ID>``); ``mirrors`` its
+    ``packages.mirrors`` (default: none).
     """
 
     def __init__(self, world: AzureWorld, home: Path, *, smoke_timeout: int = 60,
-                 env: dict[str, str] | None = None, sbom: dict | None = None) -> None:
+                 env: dict[str, str] | None = None, sbom: dict | None = None,
+                 mirrors: list[dict] | None = None) -> None:
         self.world = world
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.catalogue = home / "catalogue.yaml"
         self.catalogue.write_text(yaml.safe_dump({"version": 1, "images": {
-            IMAGE: catalogue_entry(world, smoke_timeout=smoke_timeout, sbom=sbom)}}))
+            IMAGE: catalogue_entry(world, smoke_timeout=smoke_timeout, sbom=sbom, mirrors=mirrors)}}))
         self.packer_log = home / "fake-packer.jsonl"
         self.bakery_home = home / "bakery"
         self.extra_env = dict(env or {})

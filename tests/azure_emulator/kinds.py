@@ -530,7 +530,9 @@ class VirtualMachineKind(Kind):
         elif image_ref.get("publisher") and image_ref.get("offer") and image_ref.get("sku"):
             from . import marketplace
 
-            offer, _ = marketplace.resolve(image_ref)  # 404 "Artifact: VMImage was not found." if unknown
+            offer, exact = marketplace.resolve(image_ref, arm.marketplace)  # 404 "Artifact: VMImage was not found."
+            # ARM shows the version a VM was made from (``latest`` resolved) as imageReference.exactVersion
+            storage = dict(storage, imageReference={**image_ref, "exactVersion": exact})
             os_type, disk_size = offer.os_type, 30  # a marketplace image: nothing of ours listens on it
             required_plan, generation = offer.plan, offer.hyper_v_generation
         else:

@@ -6,6 +6,15 @@ answers a bare JSON array, a get a ``VirtualMachineImage`` with ``properties.pla
 ``hyperVGeneration``; an unknown image is ``404 NotFound`` "Artifact: VMImage was not found.").
 Publisher, offer and SKU compare case-insensitively, as ARM does.
 
+The list's order: ARM documents none; the emulator answers in name order *as strings* (``9.10.x``
+before ``9.4.x``), and honours ``$orderby=name desc`` (also as strings: ``8.9...`` above ``8.10...``,
+Azure/azure-rest-api-specs#30142) and ``$top``, so a client that takes "the last one listed" or
+``$top=1&$orderby=name desc`` for ``latest`` is caught. A VM created with ``version: latest`` gets the
+highest version compared as numbers, as Azure's does (:func:`resolve`).
+
+Each emulator has its own copy of :data:`IMAGES` (``Arm.marketplace``): a test publishes a newer base
+image with ``ArmEmulator.publish_marketplace_version``.
+
 The purchase-plan rule (``VMMarketplaceInvalidInput``, 400), with ARM's three messages:
 
 * a VM from a Marketplace image that has a plan, or from a custom image (managed image, gallery
@@ -21,7 +30,8 @@ version keeps its source's; a VM from a gallery image version needs the image de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from .arm import ArmError
 
@@ -64,17 +74,19 @@ def not_found() -> ArmError:
     return ArmError(404, "NotFound", "Artifact: VMImage was not found.")
 
 
-def find(publisher: str | None, offer: str | None, sku: str | None) -> MarketplaceImage | None:
-    for image in IMAGES:
+def find(publisher: str | None, offer: str | None, sku: str | None,
+         images: Sequence[MarketplaceImage] = IMAGES) -> MarketplaceImage | None:
+    for image in images:
         if (str(publisher or "").lower(), str(offer or "").lower(), str(sku or "").lower()) == (
                 image.publisher.lower(), image.offer.lower(), image.sku.lower()):
             return image
     return None
 
 
-def resolve(image_ref: dict) -> tuple[MarketplaceImage, str]:
-    """The Marketplace image and concrete version of a VM's ``imageReference`` (``latest`` allowed)."""
-    image = find(image_ref.get("publisher"), image_ref.get("offer"), image_ref.get("sku"))
+def resolve(image_ref: dict, images: Sequence[MarketplaceImage] = IMAGES) -> tuple[MarketplaceImage, str]:
+    """The Marketplace image and concrete version of a VM's ``imageReference`` (``latest``: the highest
+    version compared as numbers)."""
+    image = find(image_ref.get("publisher"), image_ref.get("offer"), image_ref.get("sku"), images)
     if image is None:
         raise not_found()
     version = str(image_ref.get("version") or "latest")
@@ -83,6 +95,33 @@ def resolve(image_ref: dict) -> tuple[MarketplaceImage, str]:
     if version not in image.versions:
         raise not_found()
     return image, version
+
+
+def list_versions(image: MarketplaceImage, query: dict) -> list[str]:
+    """*Virtual Machine Images - List*: names as strings ascending, or ``$orderby=name desc``; ``$top``."""
+    names = sorted(image.versions)
+    order = " ".join(str(query.get("$orderby") or "").lower().split())
+    if order in ("name desc",):
+        names.reverse()
+    elif order not in ("", "name", "name asc"):
+        raise ArmError(400, "InvalidParameter", f"The value of parameter $orderby '{query['$orderby']}' is invalid.")
+    top = query.get("$top")
+    if top is not None:
+        if not str(top).isdigit():
+            raise ArmError(400, "InvalidParameter", f"The value of parameter $top '{top}' is invalid.")
+        names = names[: int(top)]
+    return names
+
+
+def with_version(images: Sequence[MarketplaceImage], publisher: str, offer: str, sku: str,
+                 version: str) -> list[MarketplaceImage]:
+    """``images`` with ``version`` added to the image publisher:offer:sku (a new Marketplace release)."""
+    image = find(publisher, offer, sku, images)
+    if image is None:
+        raise KeyError(f"no Marketplace image {publisher}:{offer}:{sku} in the emulator")
+    if version in image.versions:
+        return list(images)
+    return [replace(i, versions=(*i.versions, version)) if i is image else i for i in images]
 
 
 def image_id(sub: str, location: str, image: MarketplaceImage, version: str | None = None) -> str:

@@ -221,6 +221,14 @@ class ArmEmulator:
             server = self.arm.vm_servers.get(vm_id.lower())
             return list(server.requests) if server else []
 
+    # --- the Marketplace -------------------------------------------------------------------------------
+    def publish_marketplace_version(self, publisher: str, offer: str, sku: str, version: str) -> None:
+        """A new release of a Marketplace image (``latest`` now resolves to it if it is the highest)."""
+        from . import marketplace
+
+        with self.arm.lock:
+            self.arm.marketplace = marketplace.with_version(self.arm.marketplace, publisher, offer, sku, version)
+
     # --- behaviour of emulated VMs --------------------------------------------------------------------
     def set_image_behaviour(self, image_name: str, status: int = 200, body: str = NGINX_WELCOME,
                             delay_seconds: float = 0.0, never_answers: bool = False,

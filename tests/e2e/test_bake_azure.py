@@ -36,6 +36,7 @@ from tests.azure_emulator.world import (
     SMOKE_CIDR,
     AzureWorld,
 )
+from tests.rpmrepo import LoopbackRpmRepos, almalinux_repos
 
 pytestmark = pytest.mark.needs_tools("packer")  # the real one validates; the fake (first on PATH) builds
 
@@ -61,10 +62,12 @@ def azurite(tmp_path):
     assert not a.running
 
 
-def sbom_bake(world: AzureWorld, home: Path, azurite: Azurite, **env: str) -> Bake:
-    """A Bake whose catalogue stores SBOMs in Azurite through the wasb connection SBOM_CONN."""
+def sbom_bake(world: AzureWorld, home: Path, azurite: Azurite, *, mirrors: list[dict] | None = None,
+              **env: str) -> Bake:
+    """A Bake whose catalogue stores SBOMs in Azurite through the wasb connection SBOM_CONN (``mirrors``:
+    its packages.mirrors)."""
     return Bake(world, home, sbom={"conn_id": SBOM_CONN, "container": SBOM_CONTAINER},
-                env={f"AIRFLOW_CONN_{SBOM_CONN.upper()}": azurite.wasb_connection_json(), **env})
+                env={f"AIRFLOW_CONN_{SBOM_CONN.upper()}": azurite.wasb_connection_json(), **env}, mirrors=mirrors)
 
 
 def expected_manifest(**env: str) -> Manifest:
@@ -322,3 +325,88 @@ def test_a_second_bake_with_an_nginx_update_gets_a_new_manifest_digest_and_logs_
     assert f"^ nginx 1:1.20.1-14.el9_2.1 -> {NGINX_UPDATE} (x86_64)" in second.output
     assert azurite.requests("GET", f"/{SBOM_CONTAINER}/{IMAGE}/{v1}/packages.json")
 
+
+
+# --- skip when nothing changed ------------------------------------------------------------------------
+BASE = "marketplace:almalinux:almalinux-x86_64:9-gen2:9.5.202411260"  # the emulator's latest AlmaLinux 9 gen2
+NEW_BASE_VERSION = "9.6.2025052001"
+BAKE_STEPS = ("validate", "build", "smoke_setup", "smoke_test", "publish")
+
+
+@pytest.fixture
+def rpm_repos(tmp_path):
+    with LoopbackRpmRepos(tmp_path / "rpm-repos") as repos:
+        yield repos
+
+
+def gallery_versions(world: AzureWorld) -> dict[str, dict]:
+    return {r.name: dict(r.tags) for r in world.emu.state.of_type("Microsoft.Compute/galleries/images/versions")}
+
+
+def test_an_unchanged_nightly_is_skipped_and_a_package_or_base_image_update_bakes(world, tmp_path, airflow_db,
+                                                                                 azurite, rpm_repos):
+    """The rhel9 DAG with AlmaLinux's BaseOS and AppStream on loopback as its packages.mirrors (holding what
+    the fake build VM installs, older builds, and a module stream's newer nginx, which dnf would not offer):
+    bake; nothing changed: SKIPPED; nginx update + a new Marketplace image: bake, the reasons naming both."""
+    emu = world.emu
+    installed = [(p.name, p.version, p.arch) for p in expected_manifest().packages]
+
+    def sync(**kw) -> None:
+        for name, packages in almalinux_repos(installed, **kw).items():
+            rpm_repos.publish(name, packages)
+
+    sync()
+    mirrors = [{"url": rpm_repos.url("BaseOS")}, {"url": rpm_repos.url("AppStream")}]
+    urls = f"{rpm_repos.url('BaseOS')}, {rpm_repos.url('AppStream')}"
+
+    # night 1: nothing published yet: bake; the version records the Marketplace image it was built from
+    first = sbom_bake(world, tmp_path / "night1", azurite, mirrors=mirrors)
+    assert first.run("2026-11-26T03:00:00+00:00") == "success", first.output[-8000:]
+    v1 = version_of(first)
+    assert first.xcom("check_changes")["reasons"] == [f"{IMAGE} has no published version yet"]
+    assert first.xcom("prepare")["record"]["base_digest"] == BASE
+    assert gallery_versions(world)[v1]["base_digest"] == BASE
+    (build_vm,) = [r for r in emu.requests("PUT", r"/virtualMachines/pkrvm") if not r.fault]
+    assert build_vm.body["properties"]["storageProfile"]["imageReference"]["version"] == "9.5.202411260"
+
+    # night 2: same template, base image, variables; no package newer on the repositories: SKIPPED
+    vm_puts, before = len(emu.requests("PUT", r"/virtualMachines/")), gallery_versions(world)
+    second = sbom_bake(world, tmp_path / "night2", azurite, mirrors=mirrors)
+    assert second.run("2026-11-27T03:00:00+00:00") == "success", second.output[-8000:]
+    states = second.states()
+    assert {t: states[t] for t in BAKE_STEPS} == dict.fromkeys(BAKE_STEPS, "skipped"), states
+    assert (states["check_changes"], states["prune"], states["give_back_turn"]) == ("success", "success", "success")
+    decision = second.xcom("check_changes")
+    assert decision["build"] is False and decision["compared_with"] == v1 and decision["pending"] == []
+    (reason,) = decision["reasons"]
+    assert reason.startswith(f"nothing changed since {v1}: same template (sha256:")
+    assert reason.endswith(f"base image ({BASE}), catalogue variables, and none of its 19 packages has a newer "
+                           f"version on {urls}")
+    assert [i.rsplit("/", 1)[0] for i in decision["compared"]["indices"]] == [
+        f"{rpm_repos.url('BaseOS')}/repodata", f"{rpm_repos.url('AppStream')}/repodata"]
+    assert f"check_changes: SKIP (build, smoke test and publish are skipped) {IMAGE} " in second.output
+    assert gallery_versions(world) == before  # nothing new in the gallery
+    assert len(emu.requests("PUT", r"/virtualMachines/")) == vm_puts  # no build VM, no smoke VM
+    assert not second.packer_log.exists()  # Packer never ran
+    assert second.xcom("prune") == []
+
+    # night 3: AppStream has a newer nginx, and the Marketplace a newer AlmaLinux 9 image: bake, from that image
+    sync(nginx=NGINX_UPDATE)
+    emu.publish_marketplace_version("almalinux", "almalinux-x86_64", "9-gen2", NEW_BASE_VERSION)
+    third = sbom_bake(world, tmp_path / "night3", azurite, mirrors=mirrors,
+                      BAKERY_FAKE_PACKER_NGINX_VERSION=NGINX_UPDATE)
+    assert third.run("2026-11-28T03:00:00+00:00") == "success", third.output[-8000:]
+    assert set(third.states().values()) == {"success"}, third.states()
+    decision = third.xcom("check_changes")
+    new_base = f"marketplace:almalinux:almalinux-x86_64:9-gen2:{NEW_BASE_VERSION}"
+    assert decision["build"] is True and decision["reasons"] == [
+        f"base image changed since {v1}: {BASE} -> {new_base}",
+        f"3 package update(s) pending on the mirrors since {v1}: nginx 1:1.20.1-14.el9_2.1 -> {NGINX_UPDATE} (x86_64); "
+        f"nginx-core 1:1.20.1-14.el9_2.1 -> {NGINX_UPDATE} (x86_64); nginx-filesystem 1:1.20.1-14.el9_2.1 -> "
+        f"{NGINX_UPDATE} (noarch)"]
+    v3 = version_of(third)
+    assert gallery_versions(world)[v3]["base_digest"] == new_base
+    build_vm = [r for r in emu.requests("PUT", r"/virtualMachines/pkrvm") if not r.fault][-1]
+    assert build_vm.body["properties"]["storageProfile"]["imageReference"]["version"] == NEW_BASE_VERSION
+    assert stored_packages(azurite, v3)[0] == expected_manifest(BAKERY_FAKE_PACKER_NGINX_VERSION=NGINX_UPDATE)
+    assert world.leftovers() == []

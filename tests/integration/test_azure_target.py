@@ -8,6 +8,7 @@ and that nothing is left behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import threading
 import time
@@ -117,14 +118,52 @@ def test_prepare_checks_the_infrastructure_and_gives_packer_its_variables(world,
     rec = BakeRecord(image=IMAGE, version=VERSION, target="azure", template_digest="sha256:x", dag_run_id=RUN_ID)
     log = Log()
     variables, base = target.prepare(spec, rec, tmp_path, log=log)
-    assert base is None
+    # the base digest: the Marketplace version the template's "latest" is today, which Packer gets too
+    assert base == "marketplace:almalinux:almalinux-x86_64:9-gen2:9.5.202411260"
     assert variables == {
         "image_name": IMAGE, "image_version": VERSION, "dag_run_id": RUN_ID, "location": world.location,
         "vm_size": "Standard_B2s", "build_resource_group_name": "", "managed_image_resource_group_name": IMAGES_RG,
-        "manifest_path": str(tmp_path / "manifest.json"),
+        "manifest_path": str(tmp_path / "manifest.json"), "base_image_version": "9.5.202411260",
     }
     assert not any(k in variables for k in ("client_secret", "client_id", "tenant_id"))
     assert rec.extra["managed_image"] == {"resource_group": IMAGES_RG, "name": "rhel9-nginx-2026-1126-200001"}
+    assert rec.extra["base_image"] == {"urn": "almalinux:almalinux-x86_64:9-gen2:9.5.202411260",
+                                       "requested": "almalinux:almalinux-x86_64:9-gen2:latest"}
+    assert ("base image: almalinux:almalinux-x86_64:9-gen2:latest is almalinux:almalinux-x86_64:9-gen2:9.5.202411260 "
+            f"in {world.location}") in log.text()
+
+
+def test_latest_is_the_numerically_highest_marketplace_version(world, spec, target, tmp_path):
+    """A new Marketplace release changes the base digest; "latest" compares Major.Minor.Build as numbers,
+    as Azure does: 9.10 is above 9.5 although "9.10..." < "9.5..." as strings, which is how the List API
+    orders (and ``$orderby=name desc`` sorts) its answer."""
+    world.emu.publish_marketplace_version("almalinux", "almalinux-x86_64", "9-gen2", "9.10.2027052001")
+    az = world.clients()
+    try:
+        images = az.compute.virtual_machine_images
+        listed = [i.name for i in images.list(world.location, "almalinux", "almalinux-x86_64", "9-gen2")]
+        top = images.list(world.location, "almalinux", "almalinux-x86_64", "9-gen2", top=1, orderby="name desc")
+    finally:
+        az.close()
+    assert listed == ["9.10.2027052001", "9.4.2024050902", "9.5.202411260"]  # as strings: the last is not latest
+    assert [i.name for i in top] == ["9.5.202411260"]  # nor is the first "name desc"
+    rec = BakeRecord(image=IMAGE, version=VERSION, target="azure", template_digest="sha256:x", dag_run_id=RUN_ID)
+    variables, base = target.prepare(spec, rec, tmp_path, log=Log())
+    assert base == "marketplace:almalinux:almalinux-x86_64:9-gen2:9.10.2027052001"
+    assert variables["base_image_version"] == "9.10.2027052001"
+
+
+def test_a_pinned_base_image_version_is_the_base_digest(world, tmp_path):
+    spec = dataclasses.replace(make_spec(world), variables={"base_image_version": "9.4.2024050902"})
+    t = AzureTarget(spec, world.clients)
+    try:
+        rec = BakeRecord(image=IMAGE, version=VERSION, target="azure", template_digest="sha256:x", dag_run_id=RUN_ID)
+        variables, base = t.prepare(spec, rec, tmp_path, log=Log())
+    finally:
+        t.close()
+    assert base == "marketplace:almalinux:almalinux-x86_64:9-gen2:9.4.2024050902"
+    assert variables["base_image_version"] == "9.4.2024050902"
+    assert world.emu.requests("GET", r"/skus/9-gen2/versions$") == []  # nothing to resolve: no list
 
 
 def test_prepare_names_every_missing_piece_and_its_catalogue_field(emu, tmp_path):

@@ -141,6 +141,9 @@ class CheckChangesOperator(BaseOperator, BranchMixIn):
                                           target=target)
         finally:
             close_target(target)
+        # pushed first: in Airflow 3 a branch that skips tasks ends in do_branch (it raises
+        # DownstreamTasksSkipped), so a returned decision would never reach XCom when the run skips
+        context["ti"].xcom_push(key="return_value", value=decision)
         self.do_branch(context, [self.build_branch, *self.always] if decision["build"] else list(self.always))
         return decision
 

@@ -7,7 +7,8 @@ zero-argument factory of them (the Airflow hook's ``clients``), used only when A
 ==============  ==========================================================================================
 ``infra``       ``prepare``: the resource groups, gallery image definition, smoke subnet and SBOM container
                 exist, and the definition fits what the template builds (OS state, Hyper-V generation of
-                the Marketplace base, purchase plan); Packer's variables; the bake's purchase plan
+                the Marketplace base, purchase plan); Packer's variables; the bake's purchase plan; the
+                Marketplace base version (``latest`` resolved), the record's ``base_digest``
 ``smoke``       the smoke-test VM: setup (locked-down NSG, IP, NIC, VM with the image's purchase plan),
                 HTTP check, teardown by name and by tag; the janitor's smoke-group delete
 ``publish``     the gallery image version with its tags, replication progress, SBOM and package manifest
@@ -45,7 +46,15 @@ from bakery.targets.azure.common import (
     is_not_found,
     managed_image_name,
 )
-from bakery.targets.azure.infra import BuildSource, InfraSteps, PurchasePlan, build_source, template_defaults
+from bakery.targets.azure.infra import (
+    BuildSource,
+    InfraSteps,
+    PurchasePlan,
+    base_digest_of,
+    build_source,
+    latest_marketplace_version,
+    template_defaults,
+)
 from bakery.targets.azure.prune import PRUNE_CONCURRENCY, PrunePlan, PruneSteps, latest_of, plan_prune
 from bakery.targets.azure.publish import DIFF_LOOKBACK, PublishSteps, blob_names
 from bakery.targets.azure.smoke import SmokeNames, SmokeSteps, ssh_public_key
@@ -88,11 +97,13 @@ __all__ = [
     "PurchasePlan",
     "SmokeNames",
     "VersionFacts",
+    "base_digest_of",
     "blob_names",
     "build_source",
     "delete_found",
     "image_ready",
     "is_not_found",
+    "latest_marketplace_version",
     "latest_of",
     "managed_image_name",
     "plan_prune",

@@ -14,6 +14,12 @@ catalogue field of each missing one, and that the image definition fits what the
 
 A mismatch would otherwise show at publish or on the first VM, after an hour of build and smoke test.
 
+**The base image of a bake.** A template's ``base_image_version`` is usually ``latest``: ``prepare``
+resolves it (the highest version *Virtual Machine Images - List* answers, compared numerically as Azure
+does), gives Packer that version, and records it as the bake's ``base_digest``
+(``marketplace:<publisher>:<offer>:<sku>:<version>``), which becomes the gallery version's
+``base_digest`` tag: the next nightly's ``check_changes`` sees a new Marketplace image as a change.
+
 **Where the purchase plan comes from.** From the Packer variables of the bake: the catalogue's
 ``variables`` (``plan_name``, ``plan_product``, ``plan_publisher``) override the defaults the template
 declares (a string literal ``default`` in its ``*.pkr.hcl``), exactly as Packer resolves them. The plan
@@ -151,6 +157,7 @@ class BuildSource:
     plan_known: bool  # False: the template declares no plan_* variables, or one is not a literal
     base: tuple[str, str, str, str] | None  # Marketplace publisher, offer, sku, version (None: unknown)
     why_unknown: str = ""
+    declared: frozenset[str] = frozenset()  # the variables the template declares
 
 
 def build_source(spec: Any, template_dir: Path | None = None) -> BuildSource:
@@ -180,11 +187,28 @@ def build_source(spec: Any, template_dir: Path | None = None) -> BuildSource:
     base = tuple(v or "" for v in base_values) if all(base_values[:3]) else None
     return BuildSource(plan=plan, plan_known=plan_known,
                        base=(base[0], base[1], base[2], base[3] or "latest") if base else None,
-                       why_unknown="; ".join(dict.fromkeys(notes)))
+                       why_unknown="; ".join(dict.fromkeys(notes)), declared=frozenset(defaults))
 
 
 def _version_key(version: str) -> tuple:
     return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+
+
+def latest_marketplace_version(names: list[str]) -> str:
+    """What Azure's ``latest`` means for a Marketplace image: the highest version, its ``Major.Minor.Build``
+    parts compared as **numbers** (``9.10.x`` above ``9.9.x``). The *Virtual Machine Images - List* API
+    promises no order, and its ``$orderby=name desc`` sorts names as strings (``8.9...`` above
+    ``8.10...``: Azure/azure-rest-api-specs#30142, ansible-collections/azure#1667), so the bakery lists
+    every version and picks the highest itself, as a VM created with ``version: latest`` gets
+    (ansible-collections/azure#2282)."""
+    return max(names, key=_version_key)
+
+
+def base_digest_of(base: tuple[str, str, str, str], version: str) -> str:
+    """The record's ``base_digest`` of an Azure bake: the Marketplace image version it builds from,
+    ``marketplace:<publisher>:<offer>:<sku>:<version>`` (``latest`` resolved)."""
+    publisher, offer, sku, _ = base
+    return f"marketplace:{publisher}:{offer}:{sku}:{version}"
 
 
 class InfraSteps(AzureBase):
@@ -193,11 +217,15 @@ class InfraSteps(AzureBase):
     def prepare(self, spec: Any, record: BakeRecord, work_dir: Path, *, accelerator: str = "auto", log: Log,
                 inputs: Any = None, pool: Any = None) -> tuple[dict[str, Any], str | None]:
         """Check the Azure side the bake relies on; return Packer's variables (no credentials: the
-        Azure Packer operator adds those from the connection) and no base digest. The bake's purchase
-        plan goes to ``record.extra["purchase_plan"]`` (when it is known), for the smoke-test VM."""
+        Azure Packer operator adds those from the connection) and the base digest: the Marketplace
+        image version the build starts from (``marketplace:<publisher>:<offer>:<sku>:<version>``, a
+        ``latest`` resolved now), which ``bake.check_changes`` compares with the latest version's
+        ``base_digest`` tag. Packer gets that very version (``base_image_version``), not ``latest``: the
+        build cannot start from a newer image than the one recorded. The bake's purchase plan goes to
+        ``record.extra["purchase_plan"]`` (when it is known), for the smoke-test VM."""
         parse_version(record.version)
         source = build_source(spec)
-        self.check_infrastructure(log, source)
+        base = self.check_infrastructure(log, source)
         cfg = self.cfg
         variables = {
             "image_name": spec.name,
@@ -215,15 +243,26 @@ class InfraSteps(AzureBase):
         }
         if source.plan_known:
             record.extra["purchase_plan"] = source.plan.to_dict() if source.plan else None
+        base_digest = None
+        if base is not None and source.base is not None:
+            base_digest = base_digest_of(source.base, base["version"])
+            record.extra["base_image"] = {"urn": base["urn"], "requested": ":".join(source.base)}
+            if "base_image_version" in source.declared:
+                variables["base_image_version"] = base["version"]
+            if source.base[3].lower() == "latest":
+                log(f"base image: {':'.join(source.base)} is {base['urn']} in {cfg.location} (the highest "
+                    "version the Marketplace lists); the build starts from that version")
         log(f"Packer builds managed image {cfg.managed_image_resource_group}/"
             f"{managed_image_name(spec.name, record.version)} in {cfg.location}"
-            + (f" from {':'.join(source.base)}" if source.base else "")
+            + (f" from {base['urn']}" if base else f" from {':'.join(source.base)}" if source.base else "")
             + (f", purchase plan {plan_text(source.plan)}" if source.plan_known else ""))
-        return variables, None
+        return variables, base_digest
 
-    def check_infrastructure(self, log: Log, source: BuildSource | None = None) -> None:
+    def check_infrastructure(self, log: Log, source: BuildSource | None = None) -> dict[str, Any] | None:
         """Fail early, naming the catalogue field, when what the bake needs does not exist or does not fit
-        what the template builds (``source``: default, from the image's catalogue entry and template)."""
+        what the template builds (``source``: default, from the image's catalogue entry and template).
+        Returns the template's Marketplace base image as ARM describes it (``urn``, ``version`` with
+        ``latest`` resolved, ``hyper_v_generation``, ``plan``), or None when the template's base is unknown."""
         az, cfg = self.az, self.cfg
         source = source if source is not None else build_source(self.spec)
         problems: list[str] = []
@@ -272,9 +311,11 @@ class InfraSteps(AzureBase):
             log(f"infrastructure check of {self.spec.name}: {source.why_unknown}: the purchase plan and Hyper-V "
                 "generation of what it builds were not compared with the gallery image definition")
         log(f"Azure resources of {self.spec.name} are in place (subscription {az.subscription_id})")
+        return base
 
     def _base_image(self, source: BuildSource, problems: list[str]) -> dict[str, Any] | None:
-        """The template's Marketplace base image as ARM describes it: {urn, hyper_v_generation, plan}."""
+        """The template's Marketplace base image as ARM describes it: {urn, version, hyper_v_generation, plan}
+        (``latest``: :func:`latest_marketplace_version` of what *Virtual Machine Images - List* answers)."""
         if source.base is None:
             return None
         publisher, offer, sku, version = source.base
@@ -286,7 +327,7 @@ class InfraSteps(AzureBase):
                 listed = [i.name for i in images.list(location, publisher, offer, sku)]
                 if not listed:
                     raise LookupError("no version")
-                version = max(listed, key=_version_key)
+                version = latest_marketplace_version(listed)
             image = images.get(location, publisher, offer, sku, version)
         except Exception as exc:
             if not (isinstance(exc, LookupError) or is_not_found(exc)):
@@ -296,7 +337,7 @@ class InfraSteps(AzureBase):
                             "list the offers with `az vm image list --all -l <location> -p <publisher> -f <offer>` "
                             "and fix the catalogue's variables")
             return None
-        return {"urn": f"{publisher}:{offer}:{sku}:{version}",
+        return {"urn": f"{publisher}:{offer}:{sku}:{version}", "version": version,
                 "hyper_v_generation": text(getattr(image, "hyper_v_generation", None)) or "V1",
                 "plan": PurchasePlan.of(getattr(image, "plan", None))}
 
