@@ -81,6 +81,17 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _log_line(entry) -> str:
+    """One structured log entry as text, with the exception a failed task raised (its error_detail)."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    line = str(entry.get("event", entry))
+    for err in entry.get("error_detail") or []:
+        if isinstance(err, dict):
+            line += f"\n{err.get('exc_type', '')}: {err.get('exc_value', '')}"
+    return line
+
+
 class AirflowStandalone:
     def __init__(self, home: Path, *, env: dict[str, str] | None = None, parallelism: int = 4):
         self.home = Path(home)
@@ -209,7 +220,7 @@ class AirflowStandalone:
         data = self.get(path)
         content = data.get("content")
         if isinstance(content, list):
-            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
+            return "\n".join(_log_line(c) for c in content)
         return str(content)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 1800) -> dict:

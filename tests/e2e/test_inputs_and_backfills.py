@@ -280,7 +280,7 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     assert len([w for w in windows if w[2].endswith(":build")]) >= 4
     assert_never_overlapping(sorted(set(windows)))
     turns = turn_windows(af, all_runs)  # scheduled, manual and backfill runs held the turn one after the other
-    assert {w[2].split(":")[0] for w in turns} >= {*manual, *(r["dag_run_id"] for r in runs)}
+    assert {w[2].rsplit(":", 1)[0] for w in turns} >= {*manual, *(r["dag_run_id"] for r in runs)}
     assert_never_overlapping(turns)
     story.data.update(v0=v0, backfill_end=max(ends))
     story.done.add("backfill")
