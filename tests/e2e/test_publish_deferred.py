@@ -103,6 +103,7 @@ def test_publish_is_deferred_while_azure_replicates_and_holds_no_worker(stack):
     assert publish_ti(af, run_id)["try_number"] == 1
 
 
+@pytest.mark.guarantee("arm-faults")
 def test_a_failed_replication_fails_publish_clearly_with_one_put(stack):
     af, world = stack["af"], stack["world"]
     world.emu.faults.clear()
@@ -117,6 +118,7 @@ def test_a_failed_replication_fails_publish_clearly_with_one_put(stack):
     assert len(version_puts(world)) == before + 1
 
 
+@pytest.mark.guarantee("arm-faults")
 def test_replication_past_the_deadline_fails_publish_clearly_with_one_put(stack):
     af, world = stack["af"], stack["world"]
     world.emu.faults.clear()

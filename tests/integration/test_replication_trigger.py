@@ -85,6 +85,7 @@ def test_the_trigger_follows_replication_to_the_end_and_stores_no_secret(world, 
     assert world.emu.count("PUT", r"/versions/") == 1
 
 
+@pytest.mark.guarantee("arm-faults")
 def test_a_failed_replication_is_a_failed_event_with_azures_message(world, target):
     world.emu.faults.fail_lro(method="PUT", path=r"/versions/", code="ReplicationFailed", message="disk copy timed out")
     started(world, target)
@@ -94,6 +95,7 @@ def test_a_failed_replication_is_a_failed_event_with_azures_message(world, targe
     assert world.emu.count("PUT", r"/versions/") == 1
 
 
+@pytest.mark.guarantee("arm-faults")
 def test_past_the_deadline_the_event_says_so_and_azure_goes_on(world, target):
     world.emu.faults.slow_replication(30.0)
     started(world, target)
