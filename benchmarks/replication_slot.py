@@ -95,6 +95,11 @@ def after(world, scale: float, root: Path) -> tuple[float, float, float]:
         if ti["state"] != "success":
             raise SystemExit(f"publish ended {ti['state']}:\n{af.task_log(DAG_ID, run_id, 'publish')[-4000:]}")
         held = probe.held(ti["id"])
+        if deferred:
+            parts = (len([t for t in held if t < deferred[0]]), len([t for t in held if deferred[0] <= t <= deferred[-1]]),
+                     len([t for t in held if t > deferred[-1]]))
+            print("after, by phase (s): until deferred {:.1f}, while deferred (the deferring worker winding down) "
+                  "{:.1f}, after resuming {:.1f}".format(*(n * SAMPLE_S for n in parts)))
         span = held[-1] - held[0] if held else 0.0
         return len(held) * SAMPLE_S, (deferred[-1] - deferred[0]) if deferred else 0.0, span
 

@@ -21,7 +21,10 @@ from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake, emulated_world
 
 pytestmark = pytest.mark.needs_tools("packer")
 
-REPLICATION_TIMEOUT_S = 45
+REPLICATION_TIMEOUT_S = 60
+# A worker finishes its bookkeeping (task process exit, logs, the executor's event) a few seconds after
+# the task instance is already deferred in the DB; 2-6 s measured here on a loaded 2-core machine
+WORKER_WIND_DOWN_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def version_puts(world, version: str = "[^/]+") -> list:
 def test_publish_is_deferred_while_azure_replicates_and_holds_no_worker(stack):
     af, world, probe = stack["af"], stack["world"], stack["probe"]
     world.emu.faults.clear()
-    world.emu.faults.slow_replication(30.0)
+    world.emu.faults.slow_replication(45.0)
     run_id = af.trigger(DAG_ID, logical_date="2026-11-26T02:00:00+00:00")["dag_run_id"]
     ti = af.wait_for("publish deferred", lambda: (t := publish_ti(af, run_id))["state"] == "deferred" and t,
                      timeout=900, interval=0.5)
@@ -90,9 +93,11 @@ def test_publish_is_deferred_while_azure_replicates_and_holds_no_worker(stack):
     run = af.wait_run(DAG_ID, run_id, timeout=300)
     assert run["state"] == "success", af.task_log(DAG_ID, run_id, "publish")
     assert state in ("scheduled", "queued", "running", "success")
-    assert resumed_at - deferred_at >= 15, "the replication (30 s) was waited for while deferred"
-    # no worker ran publish while it was deferred; the probe did see it before and after
-    assert probe.held(ti["id"], deferred_at + 1, resumed_at - 1) == []
+    assert resumed_at - deferred_at >= 30, "the replication (45 s) was waited for while deferred"
+    # no worker ran publish while it was deferred (once the deferring worker wound down: at least
+    # 20 s of the 45); the probe did see it before and after
+    assert resumed_at - 1 - (deferred_at + WORKER_WIND_DOWN_S) >= 20
+    assert probe.held(ti["id"], deferred_at + WORKER_WIND_DOWN_S, resumed_at - 1) == []
     assert probe.held(ti["id"], 0, deferred_at) and probe.held(ti["id"], resumed_at - 1)
     log = af.task_log(DAG_ID, run_id, "publish")
     assert "deferring (no worker slot held) while Azure replicates it" in log, log[-3000:]
