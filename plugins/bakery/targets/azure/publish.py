@@ -194,22 +194,26 @@ class PublishSteps(AzureBase):
             time.sleep(self.progress_interval)
 
     def finish_publish(self, record: BakeRecord, log: Log, outcome: dict[str, Any] | None = None) -> str:
-        """After the wait: the version is there and Succeeded (read again); log it and the package diff
-        to the previous version; return its id."""
+        """After the wait: the version is Succeeded (as the wait's ``outcome`` read it; without one it is
+        read here); log it and the package diff to the previous version; return its id."""
         g_rg, g_name, g_def = self._gallery()
         where = f"{g_name}/{g_def}/{record.version}"
-        v = self._get_version(record.version)
-        state = text(getattr(v, "provisioning_state", None)) if v is not None else "missing"
-        if v is None or state.lower() != "succeeded":
-            raise AzureTargetError(f"publish: {where} is {state}, not Succeeded, after its replication ended")
+        if outcome and outcome.get("status") == "succeeded" and outcome.get("id"):
+            version_id = outcome["id"]  # no second reading (nor SDK clients) needed
+        else:
+            v = self._get_version(record.version)
+            state = text(getattr(v, "provisioning_state", None)) if v is not None else "missing"
+            if v is None or state.lower() != "succeeded":
+                raise AzureTargetError(f"publish: {where} is {state}, not Succeeded, after its replication ended")
+            version_id = v.id
         waited = f" after {outcome['seconds']:.1f}s of replication" if outcome and "seconds" in outcome else ""
-        log(f"publish: {where} published{waited}: {v.id} (packages from "
+        log(f"publish: {where} published{waited}: {version_id} (packages from "
             f"{(record.inputs or {}).get('label', 'unrecorded inputs')}"
             f"{', rebuilt by a backfill' if record.run_type == 'backfill' else ''})")
         manifest = self._record_manifest(record)
         if manifest is not None:
             self._log_diff(record.image, record.version, manifest, log)
-        return v.id
+        return version_id
 
     # --- package manifest and SBOM (Blob Storage) ---------------------------------------------------
     @staticmethod

@@ -8,7 +8,8 @@ the Airflow trigger (``bakery.triggers.replication``) runs in the triggerer with
 client. The outcome is a small JSON-able dict (a trigger event's payload):
 
     {"status": "succeeded" | "failed" | "deadline" | "error", "version": ..., "state": <provisioningState>,
-     "regions": [{"region", "state", "progress", "details"}], "message": ..., "seconds": <waited>}
+     "regions": [{"region", "state", "progress", "details"}], "message": ..., "seconds": <waited>,
+     "id": <the version's resource id, when succeeded>}
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Reading:
 
     state: str
     regions: tuple[RegionStatus, ...] = ()
+    id: str = ""
 
     @classmethod
     def of(cls, version: Any) -> Reading:
@@ -54,7 +56,7 @@ class Reading:
         regions = tuple(RegionStatus(region=str(s.region), state=text(s.state), progress=int(s.progress or 0),
                                      details=str(getattr(s, "details", None) or ""))
                         for s in getattr(status, "summary", None) or [])
-        return cls(state=text(version.provisioning_state) or "Succeeded", regions=regions)
+        return cls(state=text(version.provisioning_state) or "Succeeded", regions=regions, id=str(version.id or ""))
 
 
 def outcome_of(reading: Reading, version: str) -> dict[str, Any] | None:
@@ -63,7 +65,8 @@ def outcome_of(reading: Reading, version: str) -> dict[str, Any] | None:
         return None
     regions = [asdict(r) for r in reading.regions]
     if reading.state.lower() == "succeeded":
-        return {"status": "succeeded", "version": version, "state": reading.state, "regions": regions, "message": ""}
+        return {"status": "succeeded", "version": version, "state": reading.state, "regions": regions, "message": "",
+                "id": reading.id}
     if not reading.state:
         message = f"gallery image version {version} disappeared while it was being published (deleted by someone?)"
     else:
