@@ -90,8 +90,13 @@ def after(world, scale: float, root: Path) -> tuple[float, float, float]:
             if ti["state"] in ("success", "failed", "upstream_failed"):
                 break
             time.sleep(0.5)
+        af.wait_run(DAG_ID, run_id, timeout=600)
         probe.stop.set()
         probe.join()
+        # the floor: what a trivial task (give_back_turn: one file operation) holds a worker for
+        trivial = next(t for t in af.task_instances(DAG_ID, run_id) if t["task_id"] == "give_back_turn")
+        print(f"reference: a trivial task of the same run (give_back_turn) held a worker "
+              f"{len(probe.held(trivial['id'])) * SAMPLE_S:.1f} s (Airflow's own start and finish of a task run)")
         if ti["state"] != "success":
             raise SystemExit(f"publish ended {ti['state']}:\n{af.task_log(DAG_ID, run_id, 'publish')[-4000:]}")
         held = probe.held(ti["id"])
