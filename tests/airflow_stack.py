@@ -252,11 +252,13 @@ class WorkerProbe(threading.Thread):
         super().__init__(daemon=True)
         self.interval = interval
         self.seen: list[tuple[float, str]] = []  # (time, process title)
+        self.sweeps: list[float] = []  # when each sweep started (a sweep takes time on a loaded machine)
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             now = time.monotonic()  # one time per sweep
+            self.sweeps.append(now)
             for p in psutil.process_iter(["cmdline"]):
                 title = " ".join(p.info["cmdline"] or [])
                 if title.startswith("airflow worker -- ") and "<idle>" not in title:
@@ -266,3 +268,8 @@ class WorkerProbe(threading.Thread):
     def held(self, ti_id: str, start: float = 0.0, end: float = float("inf")) -> list[float]:
         """The sweep times (sorted, distinct) at which a worker ran task instance ``ti_id``."""
         return sorted({t for t, title in self.seen if ti_id in title and start <= t <= end})
+
+    def held_seconds(self, ti_id: str) -> float:
+        """Seconds a worker ran ``ti_id``: each sweep that saw it counts until the next sweep started."""
+        seen = set(self.held(ti_id))
+        return sum(b - a for a, b in zip(self.sweeps, self.sweeps[1:], strict=False) if a in seen)
