@@ -5,6 +5,15 @@
                 -> prune -> give_back_turn
             smoke_setup ... smoke_teardown, wait_turn ... give_back_turn (Airflow teardowns: always run)
 
+Data flows as XComArgs (``task.output``): prepare's dict is pushed key by key too (multiple_outputs),
+so the Packer tasks take ``prepare.output["template_dir"]`` (the folder prepare rendered) and
+``prepare.output["packer_variables"]``; each later step takes the record of the one before it.
+
+Retries: ``retries`` of the catalogue entry for every step that may meet a passing fault and is safe to
+repeat (build, the smoke steps, publish); a failed smoke check is a verdict and fails without retrying.
+The smoke steps and publish have an ``execution_timeout`` as a backstop (publish on Azure: per worker
+run; the replication itself is waited for by a trigger, up to azure.replication.timeout_minutes).
+
 check_changes skips validate .. publish when nothing changed since the latest version (prune still
 runs); wait_turn makes every bake of one image wait for the one in flight, backfills included.
 
@@ -35,11 +44,14 @@ from bakery.operators.bake import (
 from bakery.operators.turn import GiveBackTurnOperator, WaitForTurnSensor
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-PACKER_VARIABLES = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables'] }}"
-# the image family's Packer folder, rendered by prepare into the run's work folder (bakery.templates)
-TEMPLATE_DIR = "{{ ti.xcom_pull(task_ids='prepare')['template_dir'] }}"
-MANIFEST_PATH = "{{ ti.xcom_pull(task_ids='prepare')['packer_variables']['manifest_path'] }}"
 PACKER_POOL = "image_bakery_packer"  # caps concurrent Packer builds across images (scripts/setup.sh makes it)
+# Backstops, fixed when the DAG is parsed. The smoke check's own limit is the run's Param
+# smoke_timeout_seconds (at most SMOKE_PARAM_MAX): the task's must stay above any value it may take,
+# plus a VM's boot (local) and the teardown of what failed.
+SMOKE_PARAM_MAX = 7200
+SMOKE_TIMEOUT = timedelta(seconds=SMOKE_PARAM_MAX + 15 * 60)
+SMOKE_SETUP_TIMEOUT = timedelta(minutes=30)  # Azure: NSG, IP, NIC and VM (or their deletion)
+PUBLISH_TIMEOUT = timedelta(minutes=60)  # local: the disk copy; Azure: SBOM upload and PUT, or the finish
 
 
 def build_dag(spec: ImageSpec) -> DAG:
@@ -49,7 +61,7 @@ def build_dag(spec: ImageSpec) -> DAG:
             spec.smoke_test.timeout_seconds,
             type="integer",
             minimum=10,
-            maximum=7200,
+            maximum=SMOKE_PARAM_MAX,
             description="How long the smoke test waits for the expected HTTP answer.",
         ),
         "prune_keep": Param(
@@ -103,36 +115,37 @@ def build_dag(spec: ImageSpec) -> DAG:
         default_args={"owner": "image-bakery", "retries": 0, "retry_delay": timedelta(seconds=30)},
         doc_md=__doc__,
     ) as dag:
-        packer = {"template_dir": TEMPLATE_DIR, "variables": PACKER_VARIABLES}
+        retries = spec.retries
         turn = WaitForTurnSensor(task_id="wait_turn", image=spec.name)
         give_back = GiveBackTurnOperator(task_id="give_back_turn", image=spec.name, retries=2)
-        check = CheckChangesOperator(task_id="check_changes", image=spec.name, retries=1)
+        prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, retries=1, multiple_outputs=True,
+                                      **({"accelerator": "auto"} if azure else {}))
+        check = CheckChangesOperator(task_id="check_changes", image=spec.name, prepared=prepare.output, retries=1)
+        packer = {"template_dir": prepare.output["template_dir"], "variables": prepare.output["packer_variables"]}
+        build_args = {"manifest_path": prepare.output["manifest_path"], "prepared": prepare.output,
+                      "pool": PACKER_POOL, "retries": retries,
+                      "execution_timeout": timedelta(minutes=spec.build_timeout_minutes)}
         if azure:
-            prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, accelerator="auto", retries=1)
             auth = {"conn_id": spec.azure.conn_id, "subscription_id": spec.azure.subscription_id}
             validate = AzurePackerOperator(task_id="validate", command="validate", **auth, **packer, retries=1)
-            build = AzurePackerOperator(
-                task_id="build", command="build", **auth, **packer, manifest_path=MANIFEST_PATH, pool=PACKER_POOL,
-                retries=spec.retries, execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
-            )
-            setup = AzureSmokeSetupOperator(task_id="smoke_setup", image=spec.name, retries=1)
-            # a failed check is a verdict on the image, not a transient error: no retry
-            smoke = AzureSmokeCheckOperator(task_id="smoke_test", image=spec.name, retries=0)
-            teardown = AzureSmokeTeardownOperator(task_id="smoke_teardown", image=spec.name, retries=2)
+            build = AzurePackerOperator(task_id="build", command="build", **auth, **packer, **build_args)
+            setup = AzureSmokeSetupOperator(task_id="smoke_setup", image=spec.name, prepared=prepare.output,
+                                            built=build.output, retries=retries, execution_timeout=SMOKE_SETUP_TIMEOUT)
+            smoke = AzureSmokeCheckOperator(task_id="smoke_test", image=spec.name, setup=setup.output,
+                                            retries=retries, execution_timeout=SMOKE_TIMEOUT)
+            teardown = AzureSmokeTeardownOperator(task_id="smoke_teardown", image=spec.name, setup=setup.output,
+                                                  retries=2, execution_timeout=SMOKE_SETUP_TIMEOUT)
             check >> validate >> build >> setup >> smoke >> teardown.as_teardown(setups=setup, on_failure_fail_dagrun=True)
         else:
-            prepare = PrepareBakeOperator(task_id="prepare", image=spec.name, retries=1)
             validate = QemuPackerOperator(task_id="validate", command="validate", **packer, retries=1)
-            build = QemuPackerOperator(
-                task_id="build", command="build", **packer, manifest_path=MANIFEST_PATH, pool=PACKER_POOL,
-                retries=spec.retries, execution_timeout=timedelta(minutes=spec.build_timeout_minutes),
-            )
-            smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, retries=1)
+            build = QemuPackerOperator(task_id="build", command="build", **packer, **build_args)
+            smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, prepared=prepare.output,
+                                      built=build.output, retries=retries, execution_timeout=SMOKE_TIMEOUT)
             check >> validate >> build >> smoke
-        publish = PublishOperator(task_id="publish", retries=3, replace_existing="{{ params.replace_existing }}")
-        prune = PruneOperator(task_id="prune", image=spec.name, retries=2)
+        publish = PublishOperator(task_id="publish", record=smoke.output, replace_existing="{{ params.replace_existing }}",
+                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT)
+        prune = PruneOperator(task_id="prune", image=spec.name, published=publish.output, retries=2)
         turn >> prepare >> check
-        smoke >> publish >> prune
         check >> prune  # prune also runs when check_changes skipped the bake
         prune >> give_back.as_teardown(setups=turn)
     return dag

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -240,3 +241,35 @@ class AirflowStandalone:
                 return got
             time.sleep(interval)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class WorkerProbe(threading.Thread):
+    """Samples, every ``interval`` seconds, which task instances LocalExecutor's workers run: a busy
+    worker's process title is ``airflow worker -- LocalExecutor: <task instance id>`` (its task
+    process: ``airflow worker -- <task instance id>``), an idle one's ends in ``<idle>``."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.seen: list[tuple[float, str]] = []  # (time, process title)
+        self.sweeps: list[float] = []  # when each sweep started (a sweep takes time on a loaded machine)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()  # one time per sweep
+            self.sweeps.append(now)
+            for p in psutil.process_iter(["cmdline"]):
+                title = " ".join(p.info["cmdline"] or [])
+                if title.startswith("airflow worker -- ") and "<idle>" not in title:
+                    self.seen.append((now, title))
+            time.sleep(self.interval)
+
+    def held(self, ti_id: str, start: float = 0.0, end: float = float("inf")) -> list[float]:
+        """The sweep times (sorted, distinct) at which a worker ran task instance ``ti_id``."""
+        return sorted({t for t, title in self.seen if ti_id in title and start <= t <= end})
+
+    def held_seconds(self, ti_id: str) -> float:
+        """Seconds a worker ran ``ti_id``: each sweep that saw it counts until the next sweep started."""
+        seen = set(self.held(ti_id))
+        return sum(b - a for a, b in zip(self.sweeps, self.sweeps[1:], strict=False) if a in seen)

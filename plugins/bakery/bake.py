@@ -294,6 +294,11 @@ def smoke_teardown(rec: BakeRecord, log: Log, target: Target, *, delete_image: b
 def publish(rec: BakeRecord, log: Log, target: Target | None = None, *, replace_existing: bool = False) -> BakeRecord:
     target = target or get_target(rec.target, _spec_of(rec))
     published_id = target.publish(rec, log, replace_existing=replace_existing)
+    return done_publishing(rec, published_id, log)
+
+
+def done_publishing(rec: BakeRecord, published_id: str, log: Log) -> BakeRecord:
+    """After the target published ``rec``: the run's work folder goes; the record with its published id."""
     wd = work_dir(rec.image, rec.version)
     if wd.is_dir():
         shutil.rmtree(wd)

@@ -94,6 +94,14 @@ _AZURE = {
         "exclude_from_latest": {"type": "boolean"},
         "allow_deletion_of_replicated_locations": {"type": "boolean"},
         "keep_failed_image": {"type": "boolean"},
+        # how long publish waits for the version's replication (a trigger waits: no worker is held)
+        # and how often it reads the replication status
+        "replication": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"timeout_minutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 2880},
+                           "poll_seconds": {"type": "number", "minimum": 0.1, "maximum": 600}},
+        },
         "smoke_test": {
             "type": "object",
             "additionalProperties": False,
@@ -312,6 +320,8 @@ class AzureSpec:
     keep_failed_image: bool = False
     prune_min_age_hours: float = 24.0
     sbom: BlobStoreRef | None = None  # where the versions' SBOMs and manifests go (None: nowhere)
+    replication_timeout_minutes: float = 240.0  # publish's deadline for the version's replication
+    replication_poll_seconds: float = 30.0  # how often the wait reads the replication status
 
     def regions(self) -> tuple[TargetRegion, ...]:
         return self.target_regions or (TargetRegion(self.location),)
@@ -380,6 +390,10 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
         keep_failed_image=raw.get("keep_failed_image", False),
         prune_min_age_hours=float(raw.get("prune", {}).get("min_age_hours", AzureSpec.prune_min_age_hours)),
         sbom=BlobStoreRef(**raw["sbom"]) if raw.get("sbom") else None,
+        replication_timeout_minutes=float(raw.get("replication", {}).get(
+            "timeout_minutes", AzureSpec.replication_timeout_minutes)),
+        replication_poll_seconds=float(raw.get("replication", {}).get(
+            "poll_seconds", AzureSpec.replication_poll_seconds)),
     )
 
 

@@ -28,7 +28,7 @@ Product code keeps using the real Azure SDK clients; only the endpoint and the t
     internal_errors                            emulator bugs (answered 500): tests assert it is empty
     stop() / context manager                   shuts everything down (no thread or socket survives)
 Constructor knobs: port, page_size (2), lro_polls (1), replication_polls (2), retry_after (1; 0 makes
-clients use their polling_interval), background_seconds (10), seed, vm_http_port (80),
+clients use their polling_interval), background_seconds (10), time_scale (1), seed, vm_http_port (80),
 block_replicated_version_delete (True),
 require_issued_tokens (False: any bearer token is accepted; True: only tokens from the token endpoint).
 

@@ -18,6 +18,9 @@ table ``KINDS``); this module only knows ARM's generic contract:
 
 An operation is also finished by time alone after ``background_seconds`` (ARM keeps working when
 nobody polls), and any GET of the resource counts as a poll, like a client polling provisioningState.
+Operation times (``slow_lro`` seconds, ``background_seconds``, replication progress) are on the
+emulator's clock, which runs ``time_scale`` times faster than real time (default 1): a 600 s
+replication at ``time_scale=20`` takes 30 real seconds.
 """
 
 from __future__ import annotations
@@ -264,9 +267,12 @@ class Arm:
                  retry_after: int = 1, background_seconds: float | None = 10.0,
                  faults: Faults | None = None, pool: Any = None,
                  block_replicated_version_delete: bool = True, identity: Any = None,
-                 require_issued_tokens: bool = False) -> None:
+                 require_issued_tokens: bool = False, time_scale: float = 1.0) -> None:
         from .identity import Identity
 
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.time_scale = time_scale
         self.lock = threading.RLock()
         self.identity = identity or Identity()
         self.require_issued_tokens = require_issued_tokens
@@ -621,6 +627,10 @@ class Arm:
         return self._page(ctx, wrapped)  # type: ignore[arg-type]
 
     # --- long-running operations ---------------------------------------------------------------------
+    def clock(self) -> float:
+        """The emulator's monotonic clock (seconds), ``time_scale`` times faster than real time."""
+        return time.monotonic() * self.time_scale
+
     def _start_op(self, ctx: Ctx, res: Resource, method: str, kind: Kind) -> Operation:
         polls = self.replication_polls if kind.polls_setting == "replication" else self.lro_polls
         seconds, slow_polls = self.faults.lro_slowness(method, ctx.path)
@@ -630,7 +640,7 @@ class Arm:
         op = Operation(
             id=str(uuid.uuid4()), method=method, resource_id=res.id, namespace=namespace,
             location=res.location or "global", api_version=ctx.api_version, subscription=ctx.subscription,
-            polls_needed=polls, min_seconds=seconds, started=time.monotonic(),
+            polls_needed=polls, min_seconds=seconds, started=self.clock(),
             fail=self.faults.lro_failure(method, ctx.path), location_only=kind.is_resource_group,
             segment=kind.operations_segment,
         )
@@ -669,7 +679,7 @@ class Arm:
     def _advance(self, op: Operation, *, polled: bool) -> None:
         if op.done:
             return
-        now = time.monotonic()
+        now = self.clock()
         elapsed = now - op.started
         due = op.polls_seen >= op.polls_needed and elapsed >= op.min_seconds
         background = self.background_seconds is not None and elapsed >= max(self.background_seconds, op.min_seconds)
@@ -679,7 +689,7 @@ class Arm:
             op.polls_seen += 1
 
     def _complete(self, op: Operation) -> None:
-        op.ended, op.end_iso = time.monotonic(), iso_now()
+        op.ended, op.end_iso = self.clock(), iso_now()
         res = self.store.get(op.resource_id)
         if op.fail is not None:
             op.status = "Failed"
@@ -718,7 +728,7 @@ class Arm:
 
     def _drop(self, res: Resource) -> None:
         if res.op is not None and not res.op.done:
-            res.op.status, res.op.ended, res.op.end_iso = "Succeeded", time.monotonic(), iso_now()
+            res.op.status, res.op.ended, res.op.end_iso = "Succeeded", self.clock(), iso_now()
         res.op = None
         self.store.remove(res.id)
         self.store.history.append(("delete", res.id, res.type))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -424,7 +423,7 @@ class GalleryImageVersionKind(Kind):
         summary = []
         if res.op is not None and res.op.method in ("PUT", "PATCH"):
             pending = [t for t in targets if t not in done]
-            progress = res.op.fraction(time.monotonic()) * len(pending)
+            progress = res.op.fraction(arm.clock()) * len(pending)
             for target in targets:
                 if target in done:
                     summary.append(_region(target, "Completed", 100))

@@ -114,14 +114,15 @@ class ArmEmulator:
     ``page_size`` items per list page, ``background_seconds`` after which an operation finishes even
     if nobody polls (None: never). ``require_issued_tokens``: ARM accepts only bearer tokens issued by
     the emulator's own token endpoint (see identity.py and :meth:`add_client`); otherwise any bearer
-    token. ``vm_http_port``: the port the emulated VMs serve on (80 if it can
+    token. ``time_scale``: the emulator's clock runs that many times faster than real time (operation
+    durations, replication progress; see arm.py). ``vm_http_port``: the port the emulated VMs serve on (80 if it can
     be bound, else a free one; see :attr:`vm_http_port`).
     """
 
     def __init__(self, *, port: int = 0, page_size: int = 2, lro_polls: int = 1, replication_polls: int = 2,
                  retry_after: int = 1, background_seconds: float | None = 10.0, seed: int = 0,
                  vm_http_port: int = 80, block_replicated_version_delete: bool = True,
-                 require_issued_tokens: bool = False) -> None:
+                 require_issued_tokens: bool = False, time_scale: float = 1.0) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="arm-emulator-"))
         self.tls: TlsFiles = make_tls_files(self._tmp)
         self.faults = Faults(seed=seed)
@@ -129,7 +130,7 @@ class ArmEmulator:
         self.arm = Arm(page_size=page_size, lro_polls=lro_polls, replication_polls=replication_polls,
                        retry_after=retry_after, background_seconds=background_seconds, faults=self.faults,
                        pool=self.pool, block_replicated_version_delete=block_replicated_version_delete,
-                       require_issued_tokens=require_issued_tokens)
+                       require_issued_tokens=require_issued_tokens, time_scale=time_scale)
         self._server = _HttpsServer(("127.0.0.1", port), self.arm, self.tls.server_context())
         self.port = self._server.server_address[1]
         self.arm.base_url = f"https://127.0.0.1:{self.port}"

@@ -140,6 +140,7 @@ class AzureWorld:
             "smoke_test": {"resource_group": SMOKE_RG, "vnet": VNET, "subnet": SUBNET, "mode": "public",
                            "allowed_source_cidr": SMOKE_CIDR, "vm_size": "Standard_B1s"},
             "prune": {"min_age_hours": 24},
+            "replication": {"poll_seconds": 0.5},  # the emulator replicates in seconds
         }
         block.update(more)
         return block

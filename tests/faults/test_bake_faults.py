@@ -238,8 +238,11 @@ with DAG(dag_id={dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1, tzinf
     def build():  # stands in for the Packer build: its XCom only
         return INPUT["built"]
 
-    smoke = SmokeTestOperator(task_id="smoke_test", image={image!r}, retries=0, on_failure_callback=save_failure)
-    prepare() >> build() >> smoke >> PublishOperator(task_id="publish", retries=0)
+    prepared, built = prepare(), build()
+    prepared >> built
+    smoke = SmokeTestOperator(task_id="smoke_test", image={image!r}, prepared=prepared, built=built, retries=0,
+                              on_failure_callback=save_failure)
+    PublishOperator(task_id="publish", record=smoke.output, retries=0)  # smoke >> publish, by the XComArg
 """
 
 
@@ -320,7 +323,7 @@ def test_smoke_test_of_an_image_without_nginx_fails_and_publishes_nothing(smoke_
     _, states = run_smoke_dag(smoke_env, disk, 25, "no_nginx")
     print(f"smoke test (no nginx): {time.monotonic() - t0:.0f}s")
     error = assert_failed_cleanly(smoke_env, disk, states, before)
-    assert error.startswith("RuntimeError: smoke test of debian12-nginx 2026.1128.200001 failed")
+    assert error.startswith("AirflowFailException: smoke test of debian12-nginx 2026.1128.200001 failed")
     assert "no good answer within 25s" in error and "no HTTP answer" in error
     assert sha256_file(base_image.resolve()) == before["backing"]
 

@@ -37,8 +37,10 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
         chain = CHAINS[spec.target]
         extra = {"prune", "give_back_turn"} | ({"smoke_teardown"} if spec.target == "azure" else set())
         assert sorted(dag.task_ids) == sorted([*chain, *extra])
-        for up, down in itertools.pairwise(chain):
-            assert dag.get_task(down).upstream_task_ids == {up}
+        for i, (up, down) in enumerate(itertools.pairwise(chain)):
+            # the step before it, plus the earlier steps whose XCom it takes (XComArgs: data edges)
+            upstream = dag.get_task(down).upstream_task_ids
+            assert up in upstream and upstream <= set(chain[:i + 1]), (down, upstream)
         # prune runs after publish, and also when check_changes skipped the bake
         assert dag.get_task("prune").upstream_task_ids == {"publish", "check_changes"}
         assert dag.get_task("prune").trigger_rule == "none_failed_min_one_success"
@@ -48,6 +50,20 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
         assert give_back.upstream_task_ids == {"wait_turn", "prune"}
         assert dag.get_task("build").execution_timeout.total_seconds() == spec.build_timeout_minutes * 60
         assert dag.get_task("publish").retries >= 1  # publish is idempotent, so retrying is safe
+        # the steps that may meet a passing fault retry as the catalogue says, each with a backstop timeout
+        steps = ["build", "smoke_test", "publish", *(["smoke_setup"] if spec.target == "azure" else [])]
+        assert {t: dag.get_task(t).retries for t in steps} == dict.fromkeys(steps, spec.retries)
+        for task_id in steps:
+            assert dag.get_task(task_id).execution_timeout is not None, task_id
+        smoke_limit = params.get_param("smoke_timeout_seconds").schema["maximum"] if (params := dag.params) else 0
+        assert dag.get_task("smoke_test").execution_timeout.total_seconds() > smoke_limit
+        # data flows as XComArgs, not as Jinja xcom_pull strings
+        from airflow.sdk.definitions.xcom_arg import XComArg
+
+        assert isinstance(dag.get_task("publish").record, XComArg)
+        assert isinstance(dag.get_task("build").template_dir, XComArg)
+        strings = [v for t in dag.tasks for f in t.template_fields if isinstance(v := getattr(t, f, None), str)]
+        assert strings and not [v for v in strings if "xcom_pull" in v]
         params = dag.params
         assert params["prune_keep"] == spec.prune.keep
         assert params.get_param("prune_keep").schema["minimum"] == 1

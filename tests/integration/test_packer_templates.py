@@ -302,7 +302,8 @@ def test_the_packer_tasks_take_the_folder_prepare_rendered():
     assert bag.dags and not bag.import_errors
     for dag in bag.dags.values():
         for task_id in ("validate", "build"):
-            assert dag.get_task(task_id).template_dir == "{{ ti.xcom_pull(task_ids='prepare')['template_dir'] }}"
+            arg = dag.get_task(task_id).template_dir  # prepare.output["template_dir"] (an XComArg)
+            assert (arg.operator.task_id, arg.key) == ("prepare", "template_dir")
 
 
 def test_a_packer_task_whose_folder_is_gone_says_to_clear_prepare(tmp_path):

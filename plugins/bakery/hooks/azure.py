@@ -28,6 +28,8 @@ issues tokens on its own Entra ID token endpoint.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
 
@@ -139,14 +141,29 @@ class AzureImageHook(AzureBaseHook):
         try:
             return self.get_connection(self.conn_id)
         except AirflowNotFoundException:
-            raise AzureConnectionMissing(
-                f"the Airflow connection {self.conn_id!r} is not defined (the image's catalogue field azure.conn_id "
-                f"names it): create it as a connection of type azure, e.g. `airflow connections add {self.conn_id} "
-                "--conn-json '{\"conn_type\": \"azure\", \"login\": \"<client id>\", \"password\": \"<client secret>\", "
-                "\"extra\": {\"tenantId\": \"<tenant id>\", \"subscriptionId\": \"<subscription id>\"}}'`, or the "
-                f"environment variable AIRFLOW_CONN_{self.conn_id.upper().replace('-', '_').replace('.', '_')} on "
-                "every worker, or in your secrets backend; see docs/azure.md, section 3"
-            ) from None
+            raise self._missing() from None
+
+    async def aconnection(self) -> Any:
+        """The connection, read asynchronously (in the triggerer), as the Azure provider's triggers read it."""
+        if "connection" not in self.__dict__:
+            from airflow.providers.common.compat.connection import get_async_connection
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            try:
+                self.__dict__["connection"] = await get_async_connection(self.conn_id, hook=self)
+            except AirflowNotFoundException:
+                raise self._missing() from None
+        return self.connection
+
+    def _missing(self) -> AzureConnectionMissing:
+        return AzureConnectionMissing(
+            f"the Airflow connection {self.conn_id!r} is not defined (the image's catalogue field azure.conn_id "
+            f"names it): create it as a connection of type azure, e.g. `airflow connections add {self.conn_id} "
+            "--conn-json '{\"conn_type\": \"azure\", \"login\": \"<client id>\", \"password\": \"<client secret>\", "
+            "\"extra\": {\"tenantId\": \"<tenant id>\", \"subscriptionId\": \"<subscription id>\"}}'`, or the "
+            f"environment variable AIRFLOW_CONN_{self.conn_id.upper().replace('-', '_').replace('.', '_')} on "
+            "every worker (and triggerer), or in your secrets backend; see docs/azure.md, section 3"
+        )
 
     def _extra(self, name: str, *aliases: str) -> Any:
         from airflow.providers.microsoft.azure.utils import get_field
@@ -219,23 +236,7 @@ class AzureImageHook(AzureBaseHook):
         if self.uses_client_secret:
             from azure.identity import ClientSecretCredential
 
-            authority_default, _, _ = self.cloud()
-            authority = str(self._extra("authority_host") or authority_default).rstrip("/")
-            host = authority.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
-            disable_discovery = self._extra("disable_instance_discovery")
-            disable = (host not in _WELL_KNOWN_AUTHORITIES) if disable_discovery is None else _truthy(disable_discovery)
-            kwargs: dict[str, Any] = {"authority": authority, "disable_instance_discovery": disable}
-            verify = self.connection_verify()
-            if verify is not True:
-                kwargs["connection_verify"] = verify
-            self.log.info("Azure connection %s: client secret credential for client %s in tenant %s (authority %s)",
-                          self.conn_id, conn.login, self._extra("tenantId", "tenant_id"), authority)
-            return ClientSecretCredential(
-                tenant_id=str(self._extra("tenantId", "tenant_id")),
-                client_id=str(conn.login),
-                client_secret=str(conn.password),
-                **kwargs,
-            )
+            return ClientSecretCredential(**self._secret_credential_kwargs())
         from airflow.providers.microsoft.azure.utils import (
             get_sync_default_azure_credential,
         )
@@ -246,6 +247,51 @@ class AzureImageHook(AzureBaseHook):
             managed_identity_client_id=self._extra("managed_identity_client_id"),
             workload_identity_tenant_id=self._extra("workload_identity_tenant_id"),
         )
+
+    def _secret_credential_kwargs(self) -> dict[str, Any]:
+        """The arguments of a ``ClientSecretCredential`` (sync or aio) for the connection."""
+        conn = self.connection
+        authority_default, _, _ = self.cloud()
+        authority = str(self._extra("authority_host") or authority_default).rstrip("/")
+        host = authority.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+        disable_discovery = self._extra("disable_instance_discovery")
+        disable = (host not in _WELL_KNOWN_AUTHORITIES) if disable_discovery is None else _truthy(disable_discovery)
+        kwargs: dict[str, Any] = {"authority": authority, "disable_instance_discovery": disable}
+        verify = self.connection_verify()
+        if verify is not True:
+            kwargs["connection_verify"] = verify
+        self.log.info("Azure connection %s: client secret credential for client %s in tenant %s (authority %s)",
+                      self.conn_id, conn.login, self._extra("tenantId", "tenant_id"), authority)
+        return {"tenant_id": str(self._extra("tenantId", "tenant_id")), "client_id": str(conn.login),
+                "client_secret": str(conn.password), **kwargs}
+
+    @contextlib.asynccontextmanager
+    async def async_compute(self) -> AsyncIterator[Any]:
+        """An ``azure.mgmt.compute.aio.ComputeManagementClient`` with an ``azure.identity.aio`` credential,
+        from the same connection fields as :meth:`clients` (the connection read asynchronously, as the
+        Azure provider's triggers do: only its id is in a trigger's stored arguments, never a secret).
+        Both are closed at the end."""
+        from azure.mgmt.compute.aio import ComputeManagementClient
+
+        await self.aconnection()
+        settings = self.arm_settings()
+        if self.uses_client_secret:
+            from azure.identity.aio import ClientSecretCredential
+
+            credential = ClientSecretCredential(**self._secret_credential_kwargs())
+        else:
+            from airflow.providers.microsoft.azure.utils import get_async_default_azure_credential
+
+            credential = get_async_default_azure_credential(
+                managed_identity_client_id=self._extra("managed_identity_client_id"),
+                workload_identity_tenant_id=self._extra("workload_identity_tenant_id"),
+            )
+        try:
+            async with ComputeManagementClient(credential, settings.subscription_id,
+                                               **settings.client_kwargs()) as compute:
+                yield compute
+        finally:
+            await credential.close()
 
     def explained(self, credential: Any) -> ExplainedCredential:
         """``credential`` whose refusals name this connection and say what to check in it."""

@@ -13,7 +13,15 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from bakery import bake
-from bakery.operators.bake import _spec, check_template_dir, close_target, make_target, smoke_check_of
+from bakery.operators.bake import (
+    _required,
+    _spec,
+    check_template_dir,
+    close_target,
+    make_target,
+    smoke_check_of,
+    verdict_failed,
+)
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 
@@ -32,12 +40,14 @@ class AzurePackerOperator(PackerOperator):
     XCom gains ``packages`` (manifest path, digest, count, family), as for the local target.
     """
 
-    def __init__(self, *, conn_id: str, subscription_id: str | None = None, prepare_task_id: str = "prepare",
+    template_fields = (*PackerOperator.template_fields, "prepared")
+
+    def __init__(self, *, conn_id: str, subscription_id: str | None = None, prepared: Any = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.subscription_id = subscription_id
-        self.prepare_task_id = prepare_task_id
+        self.prepared = prepared  # prepare's XCom (its task's .output): the record, for build
         self._sensitive: dict[str, str] | None = None
 
     def _auth(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -56,9 +66,9 @@ class AzurePackerOperator(PackerOperator):
         self._sensitive = None  # read the connection on every try (it may have been fixed meanwhile)
         if self.command != "build":
             return super().execute(context)
-        prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
-        if not prepared or "record" not in prepared:
-            raise RuntimeError(f"no bake record from task {self.prepare_task_id!r}")
+        prepared = _required(self.prepared, "prepared", self.task_id)
+        if "record" not in prepared:
+            raise RuntimeError(f"{self.task_id}: prepare's XCom has no bake record")
         record = prepared["record"]
         listing = (record.get("packages") or {}).get("list")
         if listing:  # a list left by an earlier try must never pass for this build's
@@ -68,10 +78,9 @@ class AzurePackerOperator(PackerOperator):
         return {**result, "packages": packages}
 
 
-def _record(context: Any, task_id: str) -> BakeRecord:
-    data = context["ti"].xcom_pull(task_ids=task_id)
-    if not data:
-        raise RuntimeError(f"no bake record from task {task_id!r}")
+def _record(data: Any, field: str, task_id: str) -> BakeRecord:
+    """The bake record from an upstream XCom (prepare's: under ``record``; the smoke steps': itself)."""
+    data = _required(data, field, task_id)
     return BakeRecord.from_dict(data.get("record", data))
 
 
@@ -81,19 +90,20 @@ class AzureSmokeSetupOperator(BaseOperator):
     On failure it deletes what it created before failing; a retry first deletes leftovers.
     """
 
-    def __init__(self, *, image: str, prepare_task_id: str = "prepare", build_task_id: str = "build", **kwargs):
+    template_fields = ("prepared", "built")
+
+    def __init__(self, *, image: str, prepared: Any, built: Any, **kwargs):
         super().__init__(**kwargs)
         self.image = image
-        self.prepare_task_id = prepare_task_id
-        self.build_task_id = build_task_id
+        self.prepared = prepared  # prepare's XCom
+        self.built = built  # build's XCom
 
     def execute(self, context) -> dict[str, Any]:
-        ti = context["ti"]
         spec = _spec(self.image)
         target = make_target(spec)
         try:
-            rec = bake.record_with_build(ti.xcom_pull(task_ids=self.prepare_task_id)["record"],
-                                         ti.xcom_pull(task_ids=self.build_task_id), target)
+            rec = bake.record_with_build(_required(self.prepared, "prepared", self.task_id)["record"],
+                                         _required(self.built, "built", self.task_id), target)
             return bake.smoke_setup(rec, smoke_check_of(spec, context["params"]), self.log.info, target).to_dict()
         finally:
             close_target(target)
@@ -102,17 +112,20 @@ class AzureSmokeSetupOperator(BaseOperator):
 class AzureSmokeCheckOperator(BaseOperator):
     """Polls the smoke-test VM's HTTP answer; fails the task (so nothing is published) if it is wrong.
 
-    Pushes its verdict as XCom ``smoke_verdict`` (also when it fails) for the teardown.
+    Pushes its verdict as XCom ``smoke_verdict`` (also when it fails) for the teardown. A failed
+    check is a verdict on the image: it fails at once, without the task's retries.
     """
 
-    def __init__(self, *, image: str, setup_task_id: str = "smoke_setup", **kwargs):
+    template_fields = ("setup",)
+
+    def __init__(self, *, image: str, setup: Any, **kwargs):
         super().__init__(**kwargs)
         self.image = image
-        self.setup_task_id = setup_task_id
+        self.setup = setup  # smoke_setup's XCom (the record with the VM's address)
 
     def execute(self, context) -> dict[str, Any]:
         spec = _spec(self.image)
-        rec = _record(context, self.setup_task_id)
+        rec = _record(self.setup, "setup", self.task_id)
         target = make_target(spec)
         try:
             rec = bake.smoke_check(rec, smoke_check_of(spec, context["params"]), self.log.info, target)
@@ -121,9 +134,7 @@ class AzureSmokeCheckOperator(BaseOperator):
         passed = bool(rec.smoke and rec.smoke["passed"])
         context["ti"].xcom_push(key=VERDICT_KEY, value="passed" if passed else "failed")
         if not passed:
-            raise RuntimeError(
-                f"smoke test of {rec.image} {rec.version} failed after {rec.smoke['seconds']}s: {rec.smoke['detail']}"
-            )
+            raise verdict_failed(rec)
         return rec.to_dict()
 
 
@@ -132,15 +143,18 @@ class AzureSmokeTeardownOperator(BaseOperator):
     happened to the check). When the check failed, it also deletes the bake's managed image, which
     will never be published (unless the catalogue sets ``azure.keep_failed_image``)."""
 
-    def __init__(self, *, image: str, prepare_task_id: str = "prepare", check_task_id: str = "smoke_test", **kwargs):
+    template_fields = ("setup",)
+
+    def __init__(self, *, image: str, setup: Any, check_task_id: str = "smoke_test", **kwargs):
         super().__init__(**kwargs)
         self.image = image
-        self.prepare_task_id = prepare_task_id
+        self.setup = setup  # smoke_setup's XCom (a teardown runs only when its setup succeeded)
         self.check_task_id = check_task_id
 
     def execute(self, context) -> list[str]:
         spec = _spec(self.image)
-        rec = _record(context, self.prepare_task_id)
+        rec = _record(self.setup, "setup", self.task_id)
+        # pulled, not an XComArg: the check may not have run (its verdict is then absent, not an error)
         verdict = context["ti"].xcom_pull(task_ids=self.check_task_id, key=VERDICT_KEY)
         delete_image = verdict == "failed" and not spec.azure.keep_failed_image
         if delete_image:

@@ -87,7 +87,7 @@ class PrepareBakeOperator(BaseOperator):
         spec = _spec(self.image)
         target = make_target(spec)
         try:
-            return bake.prepare(
+            prepared = bake.prepare(
                 spec,
                 run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
                 logical_date=dag_run.logical_date,
@@ -98,6 +98,8 @@ class PrepareBakeOperator(BaseOperator):
                 log=self.log.info,
                 target=target,
             )
+            # each key is an XCom of its own too (multiple_outputs): the Packer tasks take these
+            return {**prepared, "manifest_path": prepared["packer_variables"].get("manifest_path")}
         except InputsError as exc:  # a retry cannot change what the pool and the archives hold
             raise AirflowFailException(str(exc)) from None
         finally:
@@ -118,21 +120,21 @@ class CheckChangesOperator(BaseOperator, BranchMixIn):
     (``bakery.bake.check_changes``); prune and the rest of the run go on. XCom: the decision."""
 
     inherits_from_skipmixin = True
-    template_fields = ("force_rebuild", "replace_existing")
+    template_fields = ("prepared", "force_rebuild", "replace_existing")
 
-    def __init__(self, *, image: str, build_branch: str = "validate", always: tuple[str, ...] = ("prune",),
-                 force_rebuild: Any = "{{ params.force_rebuild }}",
-                 replace_existing: Any = "{{ params.replace_existing }}", prepare_task_id: str = "prepare", **kwargs):
+    def __init__(self, *, image: str, prepared: Any, build_branch: str = "validate",
+                 always: tuple[str, ...] = ("prune",), force_rebuild: Any = "{{ params.force_rebuild }}",
+                 replace_existing: Any = "{{ params.replace_existing }}", **kwargs):
         super().__init__(**kwargs)
         self.image = image
+        self.prepared = prepared  # prepare's XCom (its task's .output)
         self.build_branch = build_branch
         self.always = always
         self.force_rebuild = force_rebuild
         self.replace_existing = replace_existing
-        self.prepare_task_id = prepare_task_id
 
     def execute(self, context) -> dict[str, Any]:
-        prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+        prepared = _required(self.prepared, "prepared", self.task_id)
         spec = _spec(self.image)
         target = make_target(spec)
         try:
@@ -160,9 +162,11 @@ class QemuPackerOperator(PackerOperator):
     list becomes the version's manifest and its pending pool index.
     """
 
-    def __init__(self, *, prepare_task_id: str = "prepare", **kwargs):
+    template_fields = (*PackerOperator.template_fields, "prepared")
+
+    def __init__(self, *, prepared: Any = None, **kwargs):
         super().__init__(**kwargs)
-        self.prepare_task_id = prepare_task_id
+        self.prepared = prepared  # prepare's XCom (its task's .output): the record, for build
 
     def execute(self, context) -> dict[str, Any]:
         from bakery.preflight import check_base_image
@@ -177,7 +181,7 @@ class QemuPackerOperator(PackerOperator):
             }
             if self.command != "build":
                 return super().execute(context)
-            prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+            prepared = _required(self.prepared, "prepared", self.task_id)
             return self._build(context, BakeRecord.from_dict(prepared["record"]))
 
     def _build(self, context, rec: BakeRecord) -> dict[str, Any]:
@@ -225,18 +229,21 @@ def smoke_check_of(spec, params) -> SmokeCheck:
 
 
 class SmokeTestOperator(BaseOperator):
-    """Boots the new image and checks its HTTP answer; fails the task (publishing nothing) if bad."""
+    """Boots the new image and checks its HTTP answer; fails the task (publishing nothing) if bad.
+    A failed check is a verdict on the image: it fails at once, without the task's retries (those
+    are for the errors around it, such as a VM that could not start)."""
 
-    def __init__(self, *, image: str, prepare_task_id: str = "prepare", build_task_id: str = "build", **kwargs):
+    template_fields = ("prepared", "built")
+
+    def __init__(self, *, image: str, prepared: Any, built: Any, **kwargs):
         super().__init__(**kwargs)
         self.image = image
-        self.prepare_task_id = prepare_task_id
-        self.build_task_id = build_task_id
+        self.prepared = prepared  # prepare's XCom
+        self.built = built  # build's XCom
 
     def execute(self, context) -> dict[str, Any]:
-        ti = context["ti"]
-        prepared = ti.xcom_pull(task_ids=self.prepare_task_id)
-        built = ti.xcom_pull(task_ids=self.build_task_id)
+        prepared = _required(self.prepared, "prepared", self.task_id)
+        built = _required(self.built, "built", self.task_id)
         spec = _spec(self.image)
         check = smoke_check_of(spec, context["params"])
         target = make_target(spec)
@@ -246,11 +253,23 @@ class SmokeTestOperator(BaseOperator):
         finally:
             close_target(target)
         if not rec.smoke["passed"]:
-            raise RuntimeError(
-                f"smoke test of {rec.image} {rec.version} failed after {rec.smoke['seconds']}s: "
-                f"{rec.smoke['detail']}"
-            )
+            raise verdict_failed(rec)
         return rec.to_dict()
+
+
+def verdict_failed(rec: BakeRecord) -> Exception:
+    """The smoke test's failed verdict: fails the task without retries (the image will not change)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(
+        f"smoke test of {rec.image} {rec.version} failed after {rec.smoke['seconds']}s: {rec.smoke['detail']}")
+
+
+def _required(value: Any, field: str, task_id: str) -> Any:
+    """A template field fed by an upstream task's XCom (XComArg): it must have arrived."""
+    if not value:
+        raise RuntimeError(f"{task_id}: no {field} (the upstream task's XCom is empty: did it run?)")
+    return value
 
 
 def _flag(value: Any) -> bool:
@@ -260,23 +279,72 @@ def _flag(value: Any) -> bool:
 class PublishOperator(BaseOperator):
     """Publishes the smoke-tested image as a gallery version (atomic, idempotent).
 
-    ``replace_existing`` (Azure): replace a version of the same number published by another run.
+    Locally it publishes in the worker. On Azure it sends the version's PUT (or adopts this run's
+    version, as a retry does), then defers: ``GalleryReplicationTrigger`` follows the replication in
+    the triggerer, holding no worker slot, and ``execute_complete`` resumes the task when it is done,
+    failed or past the catalogue's ``azure.replication.timeout_minutes``: it logs the regions, checks
+    the version, logs the package diff and clears the work folder, or fails saying why.
+
+    ``record``: the smoke test's XCom (the bake record). ``replace_existing`` (Azure): replace a
+    version of the same number published by another run.
     """
 
-    template_fields = ("replace_existing",)
+    template_fields = ("record", "replace_existing")
 
-    def __init__(self, *, smoke_task_id: str = "smoke_test", replace_existing: Any = False, **kwargs):
+    def __init__(self, *, record: Any, replace_existing: Any = False, **kwargs):
         super().__init__(**kwargs)
-        self.smoke_task_id = smoke_task_id
+        self.record = record
         self.replace_existing = replace_existing
 
     def execute(self, context) -> dict[str, Any]:
-        rec = BakeRecord.from_dict(context["ti"].xcom_pull(task_ids=self.smoke_task_id))
-        target = make_target(_spec(rec.image))
+        rec = BakeRecord.from_dict(_required(self.record, "record", self.task_id))
+        spec = _spec(rec.image)
+        target = make_target(spec)
         try:
-            return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+            if spec.target != "azure":
+                return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+            published_id = target.begin_publish(rec, self.log.info, replace_existing=_flag(self.replace_existing))
         finally:
             close_target(target)
+        if published_id is None:
+            self._defer(spec, rec)
+        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+
+    def _defer(self, spec, rec: BakeRecord) -> None:
+        import time
+        from datetime import timedelta
+
+        from bakery.triggers.replication import GalleryReplicationTrigger
+
+        cfg = spec.azure
+        timeout = cfg.replication_timeout_minutes * 60
+        self.log.info("publish: the version's PUT is sent; deferring (no worker slot held) while Azure replicates it "
+                      "(deadline %.0fs, status read every %gs)", timeout, cfg.replication_poll_seconds)
+        trigger = GalleryReplicationTrigger(
+            conn_id=cfg.conn_id, subscription_id=cfg.subscription_id,
+            gallery=[cfg.gallery.resource_group, cfg.gallery.name, cfg.gallery.image_definition],
+            version=rec.version, deadline=time.time() + timeout, timeout=timeout,
+            poll_interval=cfg.replication_poll_seconds)
+        # Airflow's own timeout only backs the trigger's deadline up (a triggerer that is down)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=timeout + 600))
+
+    def execute_complete(self, context, event: dict[str, Any]) -> dict[str, Any]:
+        from bakery.targets.azure import AzureTargetError
+
+        rec = BakeRecord.from_dict(_required(self.record, "record", self.task_id))
+        self.log.info("publish: the replication wait of %s ended: %s after %ss", rec.version, event.get("status"),
+                      event.get("seconds", "?"))
+        for r in event.get("regions") or []:
+            self.log.info("publish: %s: %s %s%%%s", r["region"], r["state"], r["progress"],
+                          f" ({r['details']})" if r.get("details") else "")
+        if event.get("status") != "succeeded":
+            raise AzureTargetError(f"publish: {event.get('message') or event}")
+        target = make_target(_spec(rec.image))
+        try:
+            published_id = target.finish_publish(rec, self.log.info, event)
+        finally:
+            close_target(target)
+        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
 
 
 class PruneOperator(BaseOperator):
@@ -284,19 +352,19 @@ class PruneOperator(BaseOperator):
     check_changes skipped the bake (retention goes on); the version this run published, if any,
     is never deleted."""
 
-    template_fields = ("keep", "dry_run")
+    template_fields = ("published", "keep", "dry_run")
 
-    def __init__(self, *, image: str, publish_task_id: str = "publish", keep: Any = "{{ params.prune_keep }}",
+    def __init__(self, *, image: str, published: Any = None, keep: Any = "{{ params.prune_keep }}",
                  dry_run: Any = "{{ params.prune_dry_run }}", **kwargs):
         kwargs.setdefault("trigger_rule", "none_failed_min_one_success")
         super().__init__(**kwargs)
         self.image = image
-        self.publish_task_id = publish_task_id
+        self.published = published  # publish's XCom (None when check_changes skipped the bake)
         self.keep = keep
         self.dry_run = dry_run
 
     def execute(self, context) -> list[str]:
-        published = context["ti"].xcom_pull(task_ids=self.publish_task_id)
+        published = self.published
         protect = {published["version"]} if published else set()
         spec = _spec(self.image)
         target = make_target(spec)

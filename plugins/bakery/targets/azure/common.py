@@ -151,7 +151,7 @@ class AzureBase:
         progress_interval: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         alive_interval: float = 30.0,
-        publish_timeout: float = 4 * 3600,
+        publish_timeout: float | None = None,
     ) -> None:
         if getattr(spec, "azure", None) is None:
             raise AzureTargetError(f"image {getattr(spec, 'name', spec)!r} has no azure block in the catalogue")
@@ -164,7 +164,9 @@ class AzureBase:
         self._container_lock = threading.Lock()
         self.progress_interval = progress_interval
         self.alive_interval = alive_interval
-        self.publish_timeout = publish_timeout  # how long publish waits for replication
+        # how long publish waits for the replication (default: the catalogue's azure.replication.timeout_minutes)
+        self.publish_timeout = (publish_timeout if publish_timeout is not None
+                                else 60 * float(getattr(self.cfg, "replication_timeout_minutes", 240.0)))
         self.now = now
 
     # --- clients -------------------------------------------------------------------------------

@@ -107,6 +107,24 @@ class PublishSteps(AzureBase):
         }
 
     def publish(self, record: BakeRecord, log: Log, *, replace_existing: bool = False) -> str:
+        """Publish and wait here, in this process, for the replication (``begin_publish``, then
+        ``wait_replication``, then ``finish_publish``). The Airflow task does not wait in the worker: it
+        defers the wait to a trigger (``bakery.triggers.replication``) between the first and the last step."""
+        published_id = self.begin_publish(record, log, replace_existing=replace_existing)
+        if published_id is not None:
+            return published_id
+        outcome = self.wait_replication(record.version, log)
+        if outcome["status"] != "succeeded":
+            raise AzureTargetError(f"publish: {outcome['message']}")
+        return self.finish_publish(record, log, outcome)
+
+    def begin_publish(self, record: BakeRecord, log: Log, *, replace_existing: bool = False) -> str | None:
+        """Everything of ``publish`` up to the version's PUT, without waiting for it.
+
+        Returns the published id when this run's version is already published (adopted: nothing to
+        wait for), or None when the version is being created and replicated, by the PUT sent here or
+        by an earlier try of this run (adopted as well: never a second PUT): then wait for it
+        (``wait_replication`` or the trigger) and call ``finish_publish``."""
         parse_version(record.version)
         if not record.smoke or not record.smoke.get("passed"):
             raise AzureTargetError(f"refusing to publish {record.image} {record.version}: the smoke test did not pass")
@@ -123,8 +141,7 @@ class PublishSteps(AzureBase):
             state = text(existing.provisioning_state)
             if same and state.lower() in IN_PROGRESS - {"deleting"}:
                 log(f"publish: {where} from this run is {state}: waiting for it")
-                existing = self._wait_version(record.version, log, self.publish_timeout)
-                state = text(existing.provisioning_state)
+                return None
             if same and state.lower() == "succeeded":
                 self._store_packages(record, manifest, log)  # the earlier try may have stopped before it
                 log(f"publish: {where} is already published by this run: nothing to do")
@@ -148,24 +165,55 @@ class PublishSteps(AzureBase):
         regions = ", ".join(f"{r['name']} x{r['regionalReplicaCount']} ({r['storageAccountType']})"
                             for r in body["properties"]["publishingProfile"]["targetRegions"])
         log(f"publish: creating {where} from {record.artifact_id} -> {regions}")
+        # only the PUT: what follows is read from the version itself (its provisioningState and
+        # replication status), by this process or by the trigger, and by a retry alike
+        self.az.compute.gallery_image_versions.begin_create_or_update(g_rg, g_name, g_def, record.version, body,
+                                                                      polling=False)
+        return None
+
+    def wait_replication(self, version: str, log: Log) -> dict[str, Any]:
+        """Follow the version here (every ``progress_interval`` seconds, at most ``publish_timeout``);
+        the outcome as :func:`bakery.targets.azure.replication.outcome_of` gives it."""
+        from bakery.targets.azure.replication import EXPAND, ProgressLog, Reading, deadline_outcome, outcome_of
+
         started = time.monotonic()
-        poller = self.az.compute.gallery_image_versions.begin_create_or_update(g_rg, g_name, g_def,
-                                                                               record.version, body)
-        if not self._follow_replication(record.version, poller, log, started + self.publish_timeout):
-            raise AzureTargetError(
-                f"publish: {where} is still replicating after {self.publish_timeout:.0f}s (the publish deadline). "
-                "Azure goes on replicating it: a retry of this task adopts the version once it is done and "
-                "creates no second one"
-            )
-        result = poller.result()
-        if text(result.provisioning_state).lower() != "succeeded":
-            raise AzureTargetError(f"publish: {where} ended {text(result.provisioning_state)}")
-        log(f"publish: {where} published in {time.monotonic() - started:.1f}s: {result.id} (packages from "
+        progress = ProgressLog(version, log)
+        reading = None
+        while True:
+            try:
+                reading = Reading.of(self._get_version(version, expand=EXPAND))
+            except AzureError as exc:  # the SDK retried already; try again at the next interval
+                log(f"publish: could not read the replication status of {version} ({error_text(exc)})")
+            else:
+                progress(reading)
+                outcome = outcome_of(reading, version)
+                if outcome is not None:
+                    return {**outcome, "seconds": round(time.monotonic() - started, 1)}
+            if time.monotonic() - started > self.publish_timeout:
+                return deadline_outcome(reading, version, self.publish_timeout)
+            time.sleep(self.progress_interval)
+
+    def finish_publish(self, record: BakeRecord, log: Log, outcome: dict[str, Any] | None = None) -> str:
+        """After the wait: the version is Succeeded (as the wait's ``outcome`` read it; without one it is
+        read here); log it and the package diff to the previous version; return its id."""
+        g_rg, g_name, g_def = self._gallery()
+        where = f"{g_name}/{g_def}/{record.version}"
+        if outcome and outcome.get("status") == "succeeded" and outcome.get("id"):
+            version_id = outcome["id"]  # no second reading (nor SDK clients) needed
+        else:
+            v = self._get_version(record.version)
+            state = text(getattr(v, "provisioning_state", None)) if v is not None else "missing"
+            if v is None or state.lower() != "succeeded":
+                raise AzureTargetError(f"publish: {where} is {state}, not Succeeded, after its replication ended")
+            version_id = v.id
+        waited = f" after {outcome['seconds']:.1f}s of replication" if outcome and "seconds" in outcome else ""
+        log(f"publish: {where} published{waited}: {version_id} (packages from "
             f"{(record.inputs or {}).get('label', 'unrecorded inputs')}"
             f"{', rebuilt by a backfill' if record.run_type == 'backfill' else ''})")
+        manifest = self._record_manifest(record)
         if manifest is not None:
             self._log_diff(record.image, record.version, manifest, log)
-        return result.id
+        return version_id
 
     # --- package manifest and SBOM (Blob Storage) ---------------------------------------------------
     @staticmethod
@@ -250,47 +298,6 @@ class PublishSteps(AzureBase):
                 log(f"packages: cannot compare with {prev}: {exc}")
         log(f"packages of {version}: {len(manifest)} (no earlier version with a package manifest in "
             f"{self._blob_where()} to compare with)")
-
-    def _follow_replication(self, version: str, poller: Any, log: Log, deadline: float) -> bool:
-        """Log replication progress until the LRO is done (True) or the deadline passes (False)."""
-        seen: dict[str, tuple[str, int]] = {}
-        while not poller.done():
-            if time.monotonic() > deadline:
-                return False
-            try:
-                self._log_replication(version, seen, log)
-            except AzureError as exc:  # progress is informative only
-                log(f"publish: could not read the replication status ({error_text(exc)})")
-            poller.wait(self.progress_interval)
-        try:
-            self._log_replication(version, seen, log)
-        except Exception:  # noqa: BLE001,S110 - the poller's result decides
-            pass
-        return True
-
-    def _log_replication(self, version: str, seen: dict[str, tuple[str, int]], log: Log) -> Any:
-        v = self._get_version(version, expand="ReplicationStatus")
-        status = getattr(v, "replication_status", None) if v is not None else None
-        for s in getattr(status, "summary", None) or []:
-            now = (text(s.state), int(s.progress or 0))
-            if seen.get(s.region) != now:
-                seen[s.region] = now
-                detail = f": {s.details}" if getattr(s, "details", None) else ""
-                log(f"publish: replication to {s.region}: {now[0]} {now[1]}%{detail}")
-        return v
-
-    def _wait_version(self, version: str, log: Log, timeout: float = 6 * 3600) -> Any:
-        deadline = time.monotonic() + timeout
-        seen: dict[str, tuple[str, int]] = {}
-        while True:
-            v = self._log_replication(version, seen, log)
-            if v is None:
-                raise AzureTargetError(f"publish: version {version} disappeared while waiting for it")
-            if text(v.provisioning_state).lower() not in IN_PROGRESS:
-                return v
-            if time.monotonic() > deadline:
-                raise AzureTargetError(f"publish: version {version} still {text(v.provisioning_state)} after {timeout:.0f}s")
-            time.sleep(self.progress_interval)
 
     def published(self, image: str, version: str) -> dict[str, Any] | None:
         """What the gallery image version records, shaped like the local target's metadata: its tags,

@@ -1,0 +1,139 @@
+"""Worker-slot seconds that publish holds while Azure replicates a gallery image version.
+
+The ARM emulator (tests/azure_emulator) replicates one version for 600 emulated seconds (10 minutes)
+on a clock ``scale`` times faster than real time (default 20: 30 real seconds; ``scale 1`` waits the
+real 10 minutes). Two figures:
+
+* **before** (the wait in the worker, as the publish task did it before issue 9): the Azure target's
+  synchronous ``publish`` (PUT, then reading the replication status until it is done), which the
+  operator used to call inside ``execute``; it is timed in this process. A worker slot is held for
+  all of it.
+* **after** (the deferred wait): the real DAG in a real Airflow (``airflow standalone`` with a
+  triggerer, LocalExecutor, private PostgreSQL; the fake packer builds at the emulator). The slot
+  seconds are measured, not computed: every 0.1 s psutil reads the workers' process titles
+  (``airflow worker -- LocalExecutor: <task instance id>``) and counts the sweeps in which one runs
+  the publish task instance (before it defers, and after it resumes: task process start included);
+  each such sweep counts until the next sweep started.
+
+Both figures are real seconds under the sped-up clock. The "before" figure scales with the
+replication time (at real speed it is the 600 s plus the same overhead); the "after" one does not (no
+waiting happens in a worker), which the script shows by also printing how long publish was deferred.
+
+    python benchmarks/replication_slot.py [scale]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+
+REPLICATION_S = 600.0  # emulated seconds
+SAMPLE_S = 0.1
+
+
+def before(world, scale: float) -> float:
+    """Seconds the old in-worker publish took (the slot it held)."""
+    from bakery.catalogue import load_catalogue
+    from bakery.record import BakeRecord
+    from bakery.targets.azure import AzureTarget
+
+    from tests.azure_emulator.dagrun import IMAGE, catalogue_entry
+    from tests.azure_emulator.world import IMAGES_RG
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "catalogue.yaml"
+        path.write_text(yaml.safe_dump({"version": 1, "images": {IMAGE: catalogue_entry(world)}}))
+        spec = load_catalogue(path)[IMAGE]
+    version = "2026.1101.200000"
+    rec = BakeRecord(image=IMAGE, version=version, target="azure", template_digest="sha256:" + "0" * 64,
+                     artifact_id=world.make_managed_image(IMAGE, version, IMAGES_RG), dag_run_id="bench-before",
+                     packer_run_uuid="bench", smoke={"passed": True, "seconds": 1.0, "detail": "ok"})
+    # the old operator's target: progress read every 5 s (emulated), 4 h deadline
+    target = AzureTarget(spec, world.clients, progress_interval=5.0 / scale, publish_timeout=4 * 3600)
+    try:
+        t0 = time.monotonic()
+        target.publish(rec, lambda _line: None)
+        return time.monotonic() - t0
+    finally:
+        target.close()
+
+
+def after(world, scale: float, root: Path) -> tuple[float, float, float]:
+    """(slot seconds held by publish, seconds it was deferred, seconds from its start to its end)."""
+    from tests.airflow_stack import AirflowStandalone, PostgresServer, WorkerProbe
+    from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake
+
+    bake = Bake(world, root / "run")
+    catalogue = yaml.safe_load(bake.catalogue.read_text())
+    catalogue["images"][IMAGE]["azure"]["replication"] = {"timeout_minutes": 240 / scale, "poll_seconds": 30 / scale}
+    bake.catalogue.write_text(yaml.safe_dump(catalogue))
+    env = {k: v for k, v in bake.env().items() if k.startswith(("BAKERY_", "AIRFLOW_CONN_", "PATH", "CHECKPOINT"))}
+    with PostgresServer() as pg, AirflowStandalone(root / "airflow",
+                                                   env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
+        af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})
+        af.wait_dag(DAG_ID)
+        af.unpause(DAG_ID)
+        probe = WorkerProbe(interval=SAMPLE_S)
+        probe.start()
+        run_id = af.trigger(DAG_ID, logical_date="2026-11-02T02:00:00+00:00")["dag_run_id"]
+        deferred: list[float] = []
+        while True:
+            ti = next(t for t in af.task_instances(DAG_ID, run_id) if t["task_id"] == "publish")
+            if ti["state"] == "deferred":
+                deferred.append(time.monotonic())
+            if ti["state"] in ("success", "failed", "upstream_failed"):
+                break
+            time.sleep(0.5)
+        af.wait_run(DAG_ID, run_id, timeout=600)
+        probe.stop.set()
+        probe.join()
+        # the floor: what a trivial task (give_back_turn: one file operation) holds a worker for
+        trivial = next(t for t in af.task_instances(DAG_ID, run_id) if t["task_id"] == "give_back_turn")
+        gaps = [b - a for a, b in zip(probe.sweeps, probe.sweeps[1:], strict=False)]
+        print(f"probe: {len(gaps)} sweeps, median period {sorted(gaps)[len(gaps) // 2]:.2f} s, max {max(gaps):.2f} s")
+        print(f"reference: a trivial task of the same run (give_back_turn) held a worker "
+              f"{probe.held_seconds(trivial['id']):.1f} s (Airflow's own start and finish of a task run)")
+        if ti["state"] != "success":
+            raise SystemExit(f"publish ended {ti['state']}:\n{af.task_log(DAG_ID, run_id, 'publish')[-4000:]}")
+        held = probe.held(ti["id"])
+        period = dict(zip(probe.sweeps, [b - a for a, b in zip(probe.sweeps, probe.sweeps[1:], strict=False)],
+                          strict=False))
+        if deferred:
+            parts = (sum(period.get(t, 0) for t in held if t < deferred[0]),
+                     sum(period.get(t, 0) for t in held if deferred[0] <= t <= deferred[-1]),
+                     sum(period.get(t, 0) for t in held if t > deferred[-1]))
+            print("after, by phase (s): until deferred {:.1f}, while deferred (the deferring worker winding down) "
+                  "{:.1f}, after resuming {:.1f}".format(*parts))
+        span = held[-1] - held[0] if held else 0.0
+        return probe.held_seconds(ti["id"]), (deferred[-1] - deferred[0]) if deferred else 0.0, span
+
+
+def main() -> None:
+    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
+    from tests.azure_emulator.dagrun import emulated_world
+
+    print(f"replication: {REPLICATION_S:.0f} emulated s on an emulator clock {scale:g}x real time "
+          f"({REPLICATION_S / scale:.0f} real s)")
+    with emulated_world(time_scale=scale) as world:
+        world.emu.faults.slow_replication(REPLICATION_S)
+        old = before(world, scale)
+        print(f"before (wait in the worker): worker slot held {old:.1f} s real "
+              f"(= {old * scale:.0f} s at real speed: it is the replication time)")
+        with tempfile.TemporaryDirectory(prefix="bakery-bench-") as tmp:
+            held, deferred, span = after(world, scale, Path(tmp))
+    print(f"after (deferred to the triggerer): worker slot held {held:.1f} s real (psutil sweeps; first to "
+          f"last sweep that saw it {span:.1f} s apart), deferred {deferred:.1f} s real "
+          f"(~{deferred * scale:.0f} emulated s)")
+    print(f"goal under 5 s: {'met' if held < 5 else 'NOT met'}; ratio before/after at real speed: "
+          f"{old * scale / max(held, SAMPLE_S):.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Issue 9, part 5: on Azure, publish waits for the replication in the triggerer, not in a worker.
+
+A real Airflow (``airflow standalone``: scheduler, triggerer, API server, LocalExecutor, on a private
+PostgreSQL) runs the real Azure DAG against the ARM emulator with the fake ``packer`` (as in
+test_bake_azure.py). The emulator replicates slowly. While it does, the publish task instance is
+``deferred`` (REST API) and no worker process runs it: LocalExecutor's workers name the task
+instance they run in their process title (``airflow worker -- LocalExecutor: <ti id>``, read with
+psutil); the same probe sees publish's worker before it defers and after it resumes, so it can see one.
+Then a replication that fails and one past the deadline each end the task with a clear error, one PUT.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.airflow_stack import AirflowStandalone, PostgresServer, WorkerProbe
+from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake, emulated_world
+
+pytestmark = pytest.mark.needs_tools("packer")
+
+REPLICATION_TIMEOUT_S = 60
+# A worker finishes its bookkeeping (task process exit, logs, the executor's event) a few seconds after
+# the task instance is already deferred in the DB; 2-6 s measured here on a loaded 2-core machine
+WORKER_WIND_DOWN_S = 10
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deferred")
+    with emulated_world() as world:
+        bake = Bake(world, root / "run")
+        catalogue = yaml.safe_load(bake.catalogue.read_text())
+        entry = catalogue["images"][IMAGE]
+        entry["retries"] = 0  # each scenario's end state is that of its one try
+        entry["azure"]["replication"] = {"timeout_minutes": REPLICATION_TIMEOUT_S / 60, "poll_seconds": 2}
+        bake.catalogue.write_text(yaml.safe_dump(catalogue))
+        env = {k: v for k, v in bake.env().items() if k.startswith(("BAKERY_", "AIRFLOW_CONN_", "PATH", "CHECKPOINT"))}
+        with PostgresServer() as pg, AirflowStandalone(
+                root / "airflow", env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
+            af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})
+            af.wait_dag(DAG_ID)
+            af.unpause(DAG_ID)
+            probe = WorkerProbe()
+            probe.start()
+            yield {"af": af, "world": world, "probe": probe}
+            probe.stop.set()
+
+
+def publish_ti(af: AirflowStandalone, run_id: str) -> dict:
+    return next(t for t in af.task_instances(DAG_ID, run_id) if t["task_id"] == "publish")
+
+
+def bake(stack, logical_date: str) -> tuple[str, dict]:
+    af = stack["af"]
+    run_id = af.trigger(DAG_ID, logical_date=logical_date)["dag_run_id"]
+    deferred_from = None
+    give_up = time.monotonic() + 900
+    while time.monotonic() < give_up:  # until publish ends
+        ti = publish_ti(af, run_id)
+        if ti["state"] == "deferred" and deferred_from is None:
+            deferred_from = time.monotonic()
+        if ti["state"] in ("success", "failed", "upstream_failed"):
+            break
+        if af.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"] in ("success", "failed") and ti["state"] is None:
+            break
+        time.sleep(0.5)
+    af.wait_run(DAG_ID, run_id, timeout=300)
+    return run_id, {"ti": publish_ti(af, run_id), "deferred_from": deferred_from}
+
+
+def version_puts(world, version: str = "[^/]+") -> list:
+    """The gallery image version PUTs ARM answered (of one version; unpausing the DAG also starts its
+    scheduled run, which publishes a version of its own)."""
+    return [r for r in world.emu.requests("PUT", rf"/galleries/[^/]+/images/[^/]+/versions/{version}$") if not r.fault]
+
+
+def test_publish_is_deferred_while_azure_replicates_and_holds_no_worker(stack):
+    af, world, probe = stack["af"], stack["world"], stack["probe"]
+    world.emu.faults.clear()
+    world.emu.faults.slow_replication(45.0)
+    run_id = af.trigger(DAG_ID, logical_date="2026-11-26T02:00:00+00:00")["dag_run_id"]
+    ti = af.wait_for("publish deferred", lambda: (t := publish_ti(af, run_id))["state"] == "deferred" and t,
+                     timeout=900, interval=0.5)
+    deferred_at = time.monotonic()
+    observed = []
+    while (state := publish_ti(af, run_id)["state"]) == "deferred":  # the whole replication
+        observed.append(time.monotonic())
+        time.sleep(0.5)
+    resumed_at = observed[-1]
+    run = af.wait_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", af.task_log(DAG_ID, run_id, "publish")
+    assert state in ("scheduled", "queued", "running", "success")
+    assert resumed_at - deferred_at >= 30, "the replication (45 s) was waited for while deferred"
+    # no worker ran publish while it was deferred (once the deferring worker wound down: at least
+    # 20 s of the 45); the probe did see it before and after
+    assert resumed_at - 1 - (deferred_at + WORKER_WIND_DOWN_S) >= 20
+    assert probe.held(ti["id"], deferred_at + WORKER_WIND_DOWN_S, resumed_at - 1) == []
+    assert probe.held(ti["id"], 0, deferred_at) and probe.held(ti["id"], resumed_at - 1)
+    log = af.task_log(DAG_ID, run_id, "publish")
+    assert "deferring (no worker slot held) while Azure replicates it" in log, log[-3000:]
+    assert "publish: West Europe: Completed 100%" in log
+    assert "published after" in log
+    (put,) = version_puts(world, r"2026\.1126\.200001")  # this run's version: one PUT
+    assert world.emu.get(put.path)["properties"]["provisioningState"] == "Succeeded"
+    assert publish_ti(af, run_id)["try_number"] == 1
+
+
+@pytest.mark.guarantee("arm-faults")
+def test_a_failed_replication_fails_publish_clearly_with_one_put(stack):
+    af, world = stack["af"], stack["world"]
+    world.emu.faults.clear()
+    world.emu.faults.slow_replication(5.0)
+    world.emu.faults.fail_lro(method="PUT", path=r"/versions/", code="ReplicationFailed",
+                              message="copying the OS disk to West Europe timed out")
+    before = len(version_puts(world))
+    run_id, out = bake(stack, "2026-11-27T02:00:00+00:00")
+    assert out["ti"]["state"] == "failed" and out["deferred_from"] is not None
+    log = af.task_log(DAG_ID, run_id, "publish")
+    assert "ended Failed; replication: " in log and "copying the OS disk to West Europe timed out" in log, log[-3000:]
+    assert len(version_puts(world)) == before + 1
+
+
+@pytest.mark.guarantee("arm-faults")
+def test_replication_past_the_deadline_fails_publish_clearly_with_one_put(stack):
+    af, world = stack["af"], stack["world"]
+    world.emu.faults.clear()
+    world.emu.faults.slow_replication(600.0)
+    before = len(version_puts(world))
+    t0 = time.monotonic()
+    run_id, out = bake(stack, "2026-11-28T02:00:00+00:00")
+    assert out["ti"]["state"] == "failed" and out["deferred_from"] is not None
+    assert time.monotonic() - out["deferred_from"] < REPLICATION_TIMEOUT_S + 120 and time.monotonic() - t0 < 900
+    log = af.task_log(DAG_ID, run_id, "publish")
+    assert f"is still replicating after {REPLICATION_TIMEOUT_S}s (the publish deadline)" in log, log[-3000:]
+    assert "a retry of this task adopts the version" in log
+    assert len(version_puts(world)) == before + 1
