@@ -10,7 +10,8 @@ public REST API (``/api/v2``) the way a user's tooling would.
 The metadata DB is a private PostgreSQL (:class:`PostgresServer`, Debian's server binaries, run as
 the ``postgres`` user on loopback): Airflow refuses backfills on SQLite while the scheduler writes.
 The simple auth manager runs with every user an admin (``SIMPLE_AUTH_MANAGER_ALL_ADMINS``): the
-tests exercise the bakery, not Airflow's login. Everything it started is stopped at exit (the
+tests exercise the bakery, not Airflow's login; a test of what Airflow's login protects (the gallery
+page) turns that off and signs in (``login``) with the generated admin password. Everything it started is stopped at exit (the
 process group), and nothing of it listens beyond loopback.
 """
 
@@ -117,6 +118,7 @@ class AirflowStandalone:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        self.token: str | None = None  # sent as a Bearer token once set (``login``)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> AirflowStandalone:
@@ -174,10 +176,24 @@ class AirflowStandalone:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     # ---- REST -------------------------------------------------------------------------------------
+    def admin_password(self) -> str:
+        """The password ``airflow standalone`` generated for the simple auth manager's ``admin``."""
+        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+
+    def login(self, username: str = "admin", password: str | None = None) -> str:
+        """Trade a user's password for a JWT (``POST /auth/token``); later requests send it. For a stack
+        started with ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False``."""
+        self.token = None
+        self.token = self.request("POST", "/auth/token", {"username": username,
+                                                          "password": password or self.admin_password()})["access_token"]
+        return self.token
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 text = resp.read().decode()

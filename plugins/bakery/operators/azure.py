@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.operators.bake import _spec, check_template_dir, close_target, make_target, smoke_check_of
+from bakery.operators.links import BUILD_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 
@@ -31,6 +32,8 @@ class AzurePackerOperator(PackerOperator):
     deprovisioned) becomes the version's package manifest (``bakery.bake.capture_manifest``); the
     XCom gains ``packages`` (manifest path, digest, count, family), as for the local target.
     """
+
+    operator_extra_links = BUILD_LINKS
 
     def __init__(self, *, conn_id: str, subscription_id: str | None = None, prepare_task_id: str = "prepare",
                  **kwargs: Any) -> None:

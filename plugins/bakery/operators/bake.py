@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.catalogue import get_image
+from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 from bakery.sshkey import ephemeral_keypair
@@ -160,6 +161,8 @@ class QemuPackerOperator(PackerOperator):
     list becomes the version's manifest and its pending pool index.
     """
 
+    operator_extra_links = BUILD_LINKS
+
     def __init__(self, *, prepare_task_id: str = "prepare", **kwargs):
         super().__init__(**kwargs)
         self.prepare_task_id = prepare_task_id
@@ -264,6 +267,7 @@ class PublishOperator(BaseOperator):
     """
 
     template_fields = ("replace_existing",)
+    operator_extra_links = PUBLISH_LINKS
 
     def __init__(self, *, smoke_task_id: str = "smoke_test", replace_existing: Any = False, **kwargs):
         super().__init__(**kwargs)
