@@ -256,3 +256,74 @@ class AirflowStandalone:
                 return got
             time.sleep(interval)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ApiServer:
+    """``airflow api-server`` alone (one worker, loopback), on the Airflow home and metadata DB ``env``
+    names: to read through the REST API what a run made with ``airflow dags test`` (its task
+    instances, XCom, extra links; the bakery's gallery page). Stopped (its process group) at exit."""
+
+    def __init__(self, log_path: Path, *, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.env = {**env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
+                    "AIRFLOW__API__BASE_URL": env.get("AIRFLOW__API__BASE_URL", self.url),
+                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": env.get(
+                        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")}
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ApiServer:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["airflow", "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1"],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow api-server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/v2/monitor/health", timeout=10):
+                    return self
+            except (OSError, ValueError):
+                time.sleep(2)
+        self.__exit__()
+        raise TimeoutError(f"airflow api-server did not answer within 180s:\n{self.tail()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        members = [p for p in psutil.process_iter() if _in_group(p, self.proc.pid)]
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(members, timeout=30)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        self._log.close()
+        self.proc = None
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=120) as resp:
+                return json.loads(resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"GET {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
+
+    def links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/"
+                        f"{task_id}/links")["extra_links"]
+
+
+def _in_group(p: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(p.pid) == pgid
+    except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+        return False
