@@ -9,9 +9,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 APT_PACKAGES=(packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs openssh-client curl
               ca-certificates python3 python3-venv procps)
 # what only the tests need (scripts/test.sh sets BAKERY_TEST_TOOLS=1): PostgreSQL for the tests that
-# run the Airflow scheduler (SQLite refuses a backfill while the scheduler writes)
+# run the Airflow scheduler (SQLite refuses a backfill while the scheduler writes); Chromium for the test
+# that signs in to the Airflow UI and reads the gallery page
 if [ "${BAKERY_TEST_TOOLS:-0}" = 1 ]; then
-  APT_PACKAGES+=(postgresql)
+  APT_PACKAGES+=(postgresql chromium)  # chromium: the gallery page rendered headless (tests/e2e/test_gallery_page.py)
 fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -10,7 +10,8 @@ public REST API (``/api/v2``) the way a user's tooling would.
 The metadata DB is a private PostgreSQL (:class:`PostgresServer`, Debian's server binaries, run as
 the ``postgres`` user on loopback): Airflow refuses backfills on SQLite while the scheduler writes.
 The simple auth manager runs with every user an admin (``SIMPLE_AUTH_MANAGER_ALL_ADMINS``): the
-tests exercise the bakery, not Airflow's login. Everything it started is stopped at exit (the
+tests exercise the bakery, not Airflow's login; a test of what Airflow's login protects (the gallery
+page) turns that off and signs in (``login``) with the generated admin password. Everything it started is stopped at exit (the
 process group), and nothing of it listens beyond loopback.
 """
 
@@ -118,6 +119,7 @@ class AirflowStandalone:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        self.token: str | None = None  # sent as a Bearer token once set (``login``)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> AirflowStandalone:
@@ -175,10 +177,24 @@ class AirflowStandalone:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     # ---- REST -------------------------------------------------------------------------------------
+    def admin_password(self) -> str:
+        """The password ``airflow standalone`` generated for the simple auth manager's ``admin``."""
+        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+
+    def login(self, username: str = "admin", password: str | None = None) -> str:
+        """Trade a user's password for a JWT (``POST /auth/token``); later requests send it. For a stack
+        started with ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False``."""
+        self.token = None
+        self.token = self.request("POST", "/auth/token", {"username": username,
+                                                          "password": password or self.admin_password()})["access_token"]
+        return self.token
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 text = resp.read().decode()
@@ -273,3 +289,74 @@ class WorkerProbe(threading.Thread):
         """Seconds a worker ran ``ti_id``: each sweep that saw it counts until the next sweep started."""
         seen = set(self.held(ti_id))
         return sum(b - a for a, b in zip(self.sweeps, self.sweeps[1:], strict=False) if a in seen)
+
+
+class ApiServer:
+    """``airflow api-server`` alone (one worker, loopback), on the Airflow home and metadata DB ``env``
+    names: to read through the REST API what a run made with ``airflow dags test`` (its task
+    instances, XCom, extra links; the bakery's gallery page). Stopped (its process group) at exit."""
+
+    def __init__(self, log_path: Path, *, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.env = {**env, "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(self.port),
+                    "AIRFLOW__API__BASE_URL": env.get("AIRFLOW__API__BASE_URL", self.url),
+                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": env.get(
+                        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")}
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ApiServer:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["airflow", "api-server", "-H", "127.0.0.1", "-p", str(self.port), "-w", "1"],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow api-server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/v2/monitor/health", timeout=10):
+                    return self
+            except (OSError, ValueError):
+                time.sleep(2)
+        self.__exit__()
+        raise TimeoutError(f"airflow api-server did not answer within 180s:\n{self.tail()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        members = [p for p in psutil.process_iter() if _in_group(p, self.proc.pid)]
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(members, timeout=30)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        self._log.close()
+        self.proc = None
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=120) as resp:
+                return json.loads(resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"GET {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
+
+    def links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/"
+                        f"{task_id}/links")["extra_links"]
+
+
+def _in_group(p: psutil.Process, pgid: int) -> bool:
+    try:
+        return os.getpgid(p.pid) == pgid
+    except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+        return False

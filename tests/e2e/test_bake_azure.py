@@ -20,14 +20,16 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
+from urllib.parse import quote
 
 import pytest
 from bakery.packages.manifest import Manifest, parse_capture
 from bakery.packages.sbom import validate_sbom
 from bakery.targets.azure import SmokeNames, blob_names, managed_image_name
 
+from tests.airflow_stack import ApiServer, free_port
 from tests.azure_emulator.azurite import Azurite
-from tests.azure_emulator.dagrun import IMAGE, Bake, emulated_world, version_of
+from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake, emulated_world, version_of
 from tests.azure_emulator.fake_packer import package_list
 from tests.azure_emulator.world import (
     GALLERY,
@@ -132,7 +134,8 @@ def assert_no_secret_anywhere(bake: Bake) -> None:
 def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_path, airflow_db, azurite):
     emu = world.emu
     seed_versions(world)
-    bake = sbom_bake(world, tmp_path / "run", azurite)
+    api_port = free_port()  # the API server that reads the run afterwards: the links name its base URL
+    bake = sbom_bake(world, tmp_path / "run", azurite, AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{api_port}")
     state = bake.run("2026-11-26T02:00:00+00:00")
     assert state == "success", bake.output[-8000:]
     assert set(bake.states().values()) == {"success"}, bake.states()
@@ -236,6 +239,34 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert [r.name for r in emu.state.of_type("Microsoft.Resources/resourceGroups")
             if r.name.startswith("pkr-")] == []
     assert_no_secret_anywhere(bake)
+
+    # read through the REST API of an API server on the run's metadata DB: the tasks' extra links, and the
+    # gallery page's JSON of the image (the Azure target read through the same interface as the local one)
+    with ApiServer(tmp_path / "api-server.log", env=bake.env(), port=api_port) as api:
+        base = api.url
+        build_links = api.links(DAG_ID, bake.run_id, "build")
+        publish_links = api.links(DAG_ID, bake.run_id, "publish")
+        gallery = api.get(f"/image-gallery/api/images/{IMAGE}")
+    run = quote(bake.run_id, safe="")
+    assert build_links == {
+        "Packer log": f"{base}/dags/{DAG_ID}/runs/{run}/tasks/build?try_number=1",
+        "Packer artifact": f"https://portal.azure.com/#resource{build['artifacts'][0]['id']}",
+    }
+    assert publish_links == {
+        "Image gallery": f"{base}/image-gallery/images/{IMAGE}#v-{version}",
+        "Azure portal": f"https://portal.azure.com/#resource{published['published_id']}",
+    }
+    assert published["published_id"].startswith(f"/subscriptions/{world.subscription_id}/resourceGroups/")
+    assert gallery["error"] is None and gallery["target"] == "azure"
+    rows = {v["version"]: v for v in gallery["versions"]}
+    assert sorted(rows) == remaining
+    row = rows[version]
+    assert (row["dag_run_id"], row["run_type"], row["published_id"]) == (bake.run_id, "manual", published["published_id"])
+    assert row["inputs"] == prepared["inputs"]["label"]
+    assert row["smoke_passed"] is True and row["smoke_seconds"] == smoke["seconds"]
+    assert row["has_sbom"] is True and row["package_count"] == 19
+    assert row["build_seconds"] is not None and row["build_seconds"] > 0  # the build task's duration in Airflow
+    assert rows["2026.1003.200000"]["pinned"] is True and rows["2026.1003.200000"]["has_sbom"] is False
 
 
 @pytest.mark.guarantee("arm-faults")

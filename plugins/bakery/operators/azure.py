@@ -22,6 +22,7 @@ from bakery.operators.bake import (
     smoke_check_of,
     verdict_failed,
 )
+from bakery.operators.links import BUILD_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 
@@ -40,6 +41,7 @@ class AzurePackerOperator(PackerOperator):
     XCom gains ``packages`` (manifest path, digest, count, family), as for the local target.
     """
 
+    operator_extra_links = BUILD_LINKS
     template_fields = (*PackerOperator.template_fields, "prepared")
 
     def __init__(self, *, conn_id: str, subscription_id: str | None = None, prepared: Any = None,

@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.catalogue import get_image
+from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
 from bakery.sshkey import ephemeral_keypair
@@ -162,6 +163,7 @@ class QemuPackerOperator(PackerOperator):
     list becomes the version's manifest and its pending pool index.
     """
 
+    operator_extra_links = BUILD_LINKS
     template_fields = (*PackerOperator.template_fields, "prepared")
 
     def __init__(self, *, prepared: Any = None, **kwargs):
@@ -290,6 +292,7 @@ class PublishOperator(BaseOperator):
     """
 
     template_fields = ("record", "replace_existing")
+    operator_extra_links = PUBLISH_LINKS
 
     def __init__(self, *, record: Any, replace_existing: Any = False, **kwargs):
         super().__init__(**kwargs)

@@ -85,6 +85,17 @@ class Target(Protocol):
 
     def list_versions(self, image: str) -> list[PublishedVersion]: ...
 
+    def describe_versions(self, image: str) -> list[dict[str, Any]]:
+        """Every published version of ``image``, oldest first, for readers (the gallery page): what
+        ``published`` says of it (provenance, ``created``, ``run_type`` where recorded, ``inputs``,
+        ``smoke_test``, ``rebuilt_at``, digests) plus ``version``, ``published_id``, ``pinned``,
+        ``size_bytes`` (None where the target does not know it), ``has_manifest`` and ``has_sbom``.
+        One listing, no per-version round trip where the target can avoid it."""
+
+    def sbom(self, image: str, version: str) -> bytes | None:
+        """The CycloneDX SBOM (``sbom.cdx.json``) of a published version, or None where the target has
+        none for it."""
+
     def prune(
         self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
         backfill_protect_days: float = 7.0,

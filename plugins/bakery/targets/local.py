@@ -485,6 +485,28 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             )
         return out
 
+    def describe_versions(self, image: str) -> list[dict]:
+        """Every version's metadata.json with ``published_id`` (its folder), ``has_manifest`` and
+        ``has_sbom`` (its packages.json / sbom.cdx.json exist), oldest first. Read without the image
+        lock: a version folder appears and goes by ``rename(2)``; one pruned while this reads is left out."""
+        image_dir = self._image_dir(image)
+        out = []
+        for v in self._versions(image_dir):
+            folder = image_dir / v
+            try:
+                meta = json.loads((folder / META_NAME).read_text())
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+            out.append({**meta, "version": v, "published_id": str(folder), "pinned": bool(meta.get("pinned")),
+                        "size_bytes": meta.get("size_bytes"), "has_manifest": (folder / MANIFEST_NAME).is_file(),
+                        "has_sbom": (folder / SBOM_NAME).is_file()})
+        return out
+
+    def sbom(self, image: str, version: str) -> bytes | None:
+        parse_version(version)  # a version number, never a path
+        path = self._image_dir(image) / version / SBOM_NAME
+        return path.read_bytes() if path.is_file() else None
+
     def prune(self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
               backfill_protect_days: float = 7.0, now: datetime | None = None) -> list[str]:
         if keep < 1:

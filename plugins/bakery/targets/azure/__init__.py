@@ -13,6 +13,7 @@ zero-argument factory of them (the Airflow hook's ``clients``), used only when A
                 HTTP check, teardown by name and by tag; the janitor's smoke-group delete
 ``publish``     the gallery image version with its tags, replication progress, SBOM and package manifest
                 in Blob Storage, the package diff; what the gallery says of published versions
+``gallery``     reading the published versions for the gallery page: one listing with their tags, the SBOM
 ``prune``       the prune policy (:func:`plan_prune`, never Azure's ``latest``) and its application,
                 intermediate managed images included
 ``common``      errors, names, tags, ARM helpers (``delete_found``: did a DELETE delete anything), clients
@@ -46,6 +47,7 @@ from bakery.targets.azure.common import (
     is_not_found,
     managed_image_name,
 )
+from bakery.targets.azure.gallery import GalleryReadSteps
 from bakery.targets.azure.infra import (
     BuildSource,
     InfraSteps,
@@ -65,7 +67,7 @@ _is_not_found = is_not_found
 _error_text = error_text
 
 
-class AzureTarget(InfraSteps, SmokeSteps, PublishSteps, PruneSteps, Target):
+class AzureTarget(InfraSteps, SmokeSteps, PublishSteps, PruneSteps, GalleryReadSteps, Target):
     """The bakery's ``Target`` for Azure (see :mod:`bakery.targets.base`); its steps are in the parts."""
 
     name = "azure"
