@@ -30,8 +30,18 @@ from tests.azure_emulator.world import (
 )
 
 TTL_HOURS = 1
-DAYS_AGO = datetime.now(UTC) - timedelta(days=2)
-HOURS_AGO = datetime.now(UTC) - timedelta(hours=2)  # older than the TTL, younger than a bake may run
+# Ages are taken when a test makes its leftovers, not at import: the suite collects this file tens of
+# minutes before it runs, and "2 hours old" must still be younger than a bake may run (build timeout +
+# smoke-test timeout + 1 h) when the janitor looks.
+
+
+def days_ago() -> datetime:
+    return datetime.now(UTC) - timedelta(days=2)
+
+
+def hours_ago() -> datetime:
+    """Older than the TTL, younger than a bake may run."""
+    return datetime.now(UTC) - timedelta(hours=2)
 SOURCES_RG = "rg-smoke-sources"
 
 G = pytest.mark.guarantee("janitor")
@@ -85,15 +95,15 @@ def make_leftovers(world: AzureWorld) -> dict[str, list[str]]:
             base = SmokeNames.of(IMAGE, version).base
             return [rid for rid in world.leftovers() if f"/{base}-" in rid]
 
-        old += smoke("2026.1101.200000", DAYS_AGO)
-        keep += smoke("2026.1102.200000", HOURS_AGO)   # a bake of this image may still run that long
+        old += smoke("2026.1101.200000", days_ago())
+        keep += smoke("2026.1102.200000", hours_ago())   # a bake of this image may still run that long
         keep += smoke("2026.1103.200000", None)
         assert len(old) == 5 and any("/disks/" in rid for rid in old)  # VM, NIC, IP, NSG and the OS disk
         # look-alikes that are not ours: untagged, or tagged by somebody else
         for name, tags in (("team-firewall", {}), ("legacy-smoke-nsg", {"purpose": "smoke-test", "owner": "x"})):
             nsg = az.network.network_security_groups.begin_create_or_update(
                 SMOKE_RG, name, {"location": world.location, "tags": tags}).result()
-            backdate(world, nsg.id, DAYS_AGO)
+            backdate(world, nsg.id, days_ago())
             keep.append(nsg.id)
 
         # managed images
@@ -106,17 +116,17 @@ def make_leftovers(world: AzureWorld) -> dict[str, list[str]]:
             return img.id
 
         ours = {"image": IMAGE, "managed_by": "image-bakery"}
-        old.append(image("2026.1001.200000", {**ours, "version": "2026.1001.200000", "created_at": iso(DAYS_AGO)}))
-        old.append(image("2026.1002.200000", {**ours, "version": "2026.1002.200000"}, created=DAYS_AGO))  # createdTime
-        published = image("2026.1003.200000", {**ours, "created_at": iso(DAYS_AGO)})
+        old.append(image("2026.1001.200000", {**ours, "version": "2026.1001.200000", "created_at": iso(days_ago())}))
+        old.append(image("2026.1002.200000", {**ours, "version": "2026.1002.200000"}, created=days_ago()))  # createdTime
+        published = image("2026.1003.200000", {**ours, "created_at": iso(days_ago())})
         az.compute.gallery_image_versions.begin_create_or_update(GALLERY_RG, GALLERY, IMAGE, "2026.1003.200000", {
             "location": world.location, "tags": {"managed_by": "image-bakery"},
             "properties": {"storageProfile": {"source": {"id": published}}}}).result()
         keep.append(published)
         keep.append(image("2026.1004.200000", {**ours, "created_at": iso(datetime.now(UTC))}))       # young
-        keep.append(image("2026.1005.200000", {**ours, "created_at": iso(DAYS_AGO), "pinned": "true"}))
-        keep.append(image("2026.1006.200000", {"image": IMAGE}, created=DAYS_AGO))                   # not ours
-        keep.append(image("2026.1007.200000", {**ours, "created_at": iso(HOURS_AGO)}))              # maybe in use
+        keep.append(image("2026.1005.200000", {**ours, "created_at": iso(days_ago()), "pinned": "true"}))
+        keep.append(image("2026.1006.200000", {"image": IMAGE}, created=days_ago()))                   # not ours
+        keep.append(image("2026.1007.200000", {**ours, "created_at": iso(hours_ago())}))              # maybe in use
 
         # Packer's temporary resource groups
         def packer_group(suffix: str, tags: dict, resource_created: datetime | None = None) -> str:
@@ -130,14 +140,14 @@ def make_leftovers(world: AzureWorld) -> dict[str, list[str]]:
             return f"{sub}/resourceGroups/{name}"
 
         build = {**ours, "version": "2026.1008.200000", "dag_run_id": "scheduled__2026-10-08T02:00:00+00:00"}
-        old.append(packer_group("old0000001", {**build, "created_at": iso(DAYS_AGO)}, resource_created=DAYS_AGO))
-        old.append(packer_group("notime0001", build, resource_created=DAYS_AGO))   # aged by the resource in it
+        old.append(packer_group("old0000001", {**build, "created_at": iso(days_ago())}, resource_created=days_ago()))
+        old.append(packer_group("notime0001", build, resource_created=days_ago()))   # aged by the resource in it
         keep.append(packer_group("young00001", {**build, "created_at": iso(datetime.now(UTC))}))
-        keep.append(packer_group("running001", {**build, "created_at": iso(HOURS_AGO)}))
+        keep.append(packer_group("running001", {**build, "created_at": iso(hours_ago())}))
         keep.append(packer_group("empty00001", build))                         # age unknown: kept, reported
-        keep.append(packer_group("foreign001", {}, resource_created=DAYS_AGO))  # somebody else's Packer
+        keep.append(packer_group("foreign001", {}, resource_created=days_ago()))  # somebody else's Packer
         keep.append(packer_group("othimg0001", {**build, "image": "not-in-this-catalogue",
-                                                "created_at": iso(DAYS_AGO)}))
+                                                "created_at": iso(days_ago())}))
     finally:
         az.close()
     return {"old": old, "keep": keep}
@@ -216,7 +226,7 @@ def test_a_leftover_deleted_by_someone_else_meanwhile_is_reported_already_gone(w
 
     spec = load_catalogue()[IMAGE]
     image_id = world.make_managed_image(IMAGE, "2026.1001.200000")
-    world.emu.state.get(image_id).created = DAYS_AGO.timestamp()
+    world.emu.state.get(image_id).created = days_ago().timestamp()
     (sweeper,) = azure_sweepers([spec], world.clients)
     try:
         (found,) = [f for f in sweeper.find() if f.kind == "managed-image"]
@@ -226,7 +236,7 @@ def test_a_leftover_deleted_by_someone_else_meanwhile_is_reported_already_gone(w
         assert found.remove() == "already gone"
         assert world.emu.requests("DELETE", r"Compute/images/[^/]+$")[-1].status == 204
         image_id = world.make_managed_image(IMAGE, "2026.1002.200000")
-        world.emu.state.get(image_id).created = DAYS_AGO.timestamp()
+        world.emu.state.get(image_id).created = days_ago().timestamp()
         (found,) = [f for f in sweeper.find() if f.kind == "managed-image"]
         assert found.remove() is None  # removed, for real
         assert world.emu.state.get(image_id) is None
