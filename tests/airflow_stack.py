@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bakery import processes
 
 TERMINAL = {"success", "failed"}
 
@@ -148,30 +148,9 @@ class AirflowStandalone:
     def stop(self) -> None:
         if self.proc is None:
             return
-        members = self._group()
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        _, alive = psutil.wait_procs(members, timeout=30)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.proc.wait(timeout=30)
+        _stop_group(self.proc)
         self._log.close()
         self.proc = None
-
-    def _group(self) -> list[psutil.Process]:
-        out = []
-        for p in psutil.process_iter():
-            try:
-                if os.getpgid(p.pid) == self.proc.pid:
-                    out.append(p)
-            except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-                continue
-        return out
 
     def tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
@@ -325,18 +304,7 @@ class ApiServer:
     def __exit__(self, *exc) -> None:
         if self.proc is None:
             return
-        members = [p for p in psutil.process_iter() if _in_group(p, self.proc.pid)]
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        _, alive = psutil.wait_procs(members, timeout=30)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.proc.wait(timeout=30)
+        _stop_group(self.proc)
         self._log.close()
         self.proc = None
 
@@ -355,8 +323,8 @@ class ApiServer:
                         f"{task_id}/links")["extra_links"]
 
 
-def _in_group(p: psutil.Process, pgid: int) -> bool:
-    try:
-        return os.getpgid(p.pid) == pgid
-    except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-        return False
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop the process group a ``start_new_session`` Popen leads: SIGTERM, 30 s, SIGKILL (the
+    bakery's own stop), then reap the leader."""
+    processes.stop(group=proc.pid, grace_seconds=30)
+    proc.wait(timeout=30)
