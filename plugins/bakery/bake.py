@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bakery.catalogue import ImageSpec
+from bakery.channels import CANDIDATE, STABLE, Actor, Change, ChannelError, plan_promote, plan_rollback
 from bakery.digest import tree_digest
 from bakery.packages.inputs import Inputs, resolve_inputs
 from bakery.packages.manifest import MANIFEST_NAME, Manifest, parse_capture
@@ -98,6 +99,7 @@ def prepare(
     target: Target | None = None,
     pool: PackagePool | None = None,
     now: datetime | None = None,
+    triggered_by: str | None = None,
 ) -> dict[str, Any]:
     """Name the version, decide where its packages come from, render and digest the template, get
     the target's Packer variables ready.
@@ -151,7 +153,9 @@ def prepare(
         inputs=inputs.to_dict(),
         packages={"list": str(wd / PACKAGE_LIST)},
         variables_digest=variables_digest(spec.variables),
-        extra={"template": {"family": spec.template, "dir": str(rendered), "kept": str(kept)}},
+        extra={"template": {"family": spec.template, "dir": str(rendered), "kept": str(kept)},
+               # the channel it is published into (None: the image has no channels) and who asked for it
+               "channel": CANDIDATE if spec.channels else None, "triggered_by": triggered_by or "scheduler"},
     )
     target = target or get_target(spec.target, spec)
     # the target reads the template it builds (Azure: the base image and plan) from the rendered folder
@@ -324,6 +328,44 @@ def prune(spec: ImageSpec, keep: int, dry_run: bool, log: Log, target: Target | 
             log(f"pool: the indexes of {', '.join(kept)} are kept for {spec.packages.retention_days:g} more days "
                 "(a backfill of their dates rebuilds them exactly)")
     return deleted
+
+
+# ---- channels: promote and rollback (bakery.channels) ------------------------------------------------
+def promote(spec: ImageSpec, actor: Actor, log: Log, target: Target | None = None, *,
+            version: str | None = None) -> list[Change]:
+    """Make ``version`` (or the newest candidate that has soaked the catalogue's ``channels.soak_hours``)
+    stable, and ``latest`` resolve to it, after the target's own check of it (``check_promotable``)."""
+    return _change_channels(spec, "promote", actor, log, target, lambda states: plan_promote(
+        states, actor, soak_hours=_channels_of(spec).soak_hours, version=version or None))
+
+
+def rollback(spec: ImageSpec, version: str, actor: Actor, log: Log, target: Target | None = None) -> list[Change]:
+    """Make the older ``version`` stable and what ``latest`` resolves to, until the next promotion."""
+    _channels_of(spec)
+    return _change_channels(spec, "rollback", actor, log, target,
+                            lambda states: plan_rollback(states, actor, version=version))
+
+
+def _channels_of(spec: ImageSpec):
+    if spec.channels is None:
+        raise ChannelError(f"{spec.name} has no channels: add a channels block to its catalogue entry "
+                           f"({spec.catalogue_path or 'include/catalogue.yaml'}) to publish candidates and promote them")
+    return spec.channels
+
+
+def _change_channels(spec: ImageSpec, action: str, actor: Actor, log: Log, target: Target | None, plan) -> list[Change]:
+    target = target or get_target(spec.target, spec)
+
+    def checked(states):
+        changes, summary = plan(states)
+        chosen = next((c.version for c in changes if c.channel == STABLE), None)
+        if chosen is not None:
+            problems = target.check_promotable(spec.name, chosen, log)
+            if problems:
+                raise ChannelError(f"cannot {action} {spec.name} {chosen}: {'; '.join(problems)}")
+        return changes, summary
+
+    return target.change_channels(spec.name, checked, log)
 
 
 # ---- skip when nothing changed --------------------------------------------------------------------

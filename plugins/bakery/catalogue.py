@@ -192,6 +192,17 @@ _BACKFILL = {
                          "description": "days prune keeps a version made by a backfill: 0 to 3650"},
     },
 }
+_CHANNELS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "soak_hours": {"type": "number", "minimum": 0, "maximum": 8760,
+                       "description": "hours a candidate soaks before promote_<image> may make it stable: 0 to 8760"},
+        "promote_schedule": {"type": ["string", "null"],
+                             "description": "when promote_<image> looks for a soaked candidate (cron or preset; "
+                                            "null: manual promotion only)"},
+    },
+}
 _IMAGE = {
     "type": "object",
     "additionalProperties": False,
@@ -213,6 +224,7 @@ _IMAGE = {
         "azure": _AZURE,
         "packages": _PACKAGES,
         "backfill": _BACKFILL,
+        "channels": _CHANNELS,
     },
 }
 SCHEMA = {
@@ -247,6 +259,16 @@ class CatalogueError(ValueError):
 class PrunePolicy:
     keep: int = 3
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelsSpec:
+    """Release channels of an image (``bakery.channels``): a new version is published as ``candidate``
+    (not what ``latest`` resolves to) and becomes ``stable`` through ``promote_<image>``: by schedule once
+    it has soaked ``soak_hours``, or by hand; ``rollback_<image>`` makes an older version stable."""
+
+    soak_hours: float = 24.0
+    promote_schedule: str | None = "@hourly"
 
 
 @dataclass(frozen=True)
@@ -446,6 +468,7 @@ class ImageSpec:
     azure: AzureSpec | None = None
     packages: PackagesSpec = PackagesSpec()
     backfill_protect_days: float = 7.0
+    channels: ChannelsSpec | None = None  # None: no channels, every publish moves ``latest`` (as before)
     catalogue_path: Path | None = None  # the file it was read from (error messages name it)
 
 
@@ -493,12 +516,15 @@ def parse_catalogue(
     for name, entry in data["images"].items():
         where = f"image {name!r}"
         schedule = entry.get("schedule", "0 2 * * *")
-        if schedule is not None and not (schedule in SCHEDULE_PRESETS
-                                         or (not schedule.startswith("@") and croniter.is_valid(schedule))):
-            problems.append(
-                f"{where}, field 'schedule': {schedule!r} is not a valid cron expression: five fields, UTC "
-                "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), e.g. '0 2 * * *' "
-                f"for 02:00 every night; or one of {', '.join(SCHEDULE_PRESETS)}; or null for manual runs only")
+        channels = entry.get("channels")
+        promote_schedule = (channels or {}).get("promote_schedule", "@hourly")
+        for fld, value in (("schedule", schedule), ("channels.promote_schedule", promote_schedule)):
+            if value is not None and not (value in SCHEDULE_PRESETS
+                                          or (not value.startswith("@") and croniter.is_valid(value))):
+                problems.append(
+                    f"{where}, field {fld!r}: {value!r} is not a valid cron expression: five fields, UTC "
+                    "(minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), e.g. '0 2 * * *' "
+                    f"for 02:00 every night; or one of {', '.join(SCHEDULE_PRESETS)}; or null for manual runs only")
         template_dir = packer_dir / entry["template"]
         if not template_dir.is_dir():
             problems.append(
@@ -525,6 +551,8 @@ def parse_catalogue(
             azure=azure,
             packages=_packages_spec(where, entry.get("packages") or {}, problems),
             backfill_protect_days=float((entry.get("backfill") or {}).get("protect_days", 7.0)),
+            channels=None if channels is None else ChannelsSpec(
+                soak_hours=float(channels.get("soak_hours", 24.0)), promote_schedule=promote_schedule),
             catalogue_path=path,
         )
     if problems:

@@ -31,6 +31,11 @@ def make_target(spec):
     return bake.get_target(spec.target, spec)
 
 
+def triggered_by(dag_run) -> str:
+    """Who started the run: the user who triggered it, else ``scheduler`` (scheduled and asset runs)."""
+    return getattr(dag_run, "triggering_user_name", None) or "scheduler"
+
+
 def close_target(target) -> None:
     close = getattr(target, "close", None)
     if close is not None:
@@ -98,6 +103,7 @@ class PrepareBakeOperator(BaseOperator):
                 allow_current_inputs=_flag(self.allow_current_inputs),
                 log=self.log.info,
                 target=target,
+                triggered_by=triggered_by(dag_run),
             )
             # each key is an XCom of its own too (multiple_outputs): the Packer tasks take these
             return {**prepared, "manifest_path": prepared["packer_variables"].get("manifest_path")}

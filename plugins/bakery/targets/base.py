@@ -89,19 +89,37 @@ class Target(Protocol):
         """Every published version of ``image``, oldest first, for readers (the gallery page): what
         ``published`` says of it (provenance, ``created``, ``run_type`` where recorded, ``inputs``,
         ``smoke_test``, ``rebuilt_at``, digests) plus ``version``, ``published_id``, ``pinned``,
-        ``size_bytes`` (None where the target does not know it), ``has_manifest`` and ``has_sbom``.
+        ``size_bytes`` (None where the target does not know it), ``has_manifest`` and ``has_sbom``,
+        ``channel`` (None without channels), ``exclude_from_latest``, ``is_latest`` and ``is_stable``.
         One listing, no per-version round trip where the target can avoid it."""
 
     def sbom(self, image: str, version: str) -> bytes | None:
         """The CycloneDX SBOM (``sbom.cdx.json``) of a published version, or None where the target has
         none for it."""
 
+    # ---- channels (bakery.channels) ----
+    def channel_states(self, image: str) -> list[Any]:
+        """Every published version as ``bakery.channels.VersionState`` (channel, excluded from latest,
+        publish time, smoke verdict), oldest first."""
+
+    def change_channels(self, image: str, plan: Callable[[list[Any]], tuple[list[Any], str]], log: Log) -> list[Any]:
+        """Apply the ``bakery.channels.Change`` list that ``plan(states)`` returns for the current states
+        (with the image's other writers held off where the target can), record each change, and move
+        ``latest`` (and ``stable``). Returns the changes applied."""
+
+    def channel_history(self, image: str) -> list[dict[str, Any]]:
+        """Every recorded channel change of the image (``Change.to_dict()``), oldest first."""
+
+    def check_promotable(self, image: str, version: str, log: Log) -> list[str]:
+        """The promotion's own check of a published version: what is wrong with it (empty: fine)."""
+
     def prune(
         self, image: str, keep: int, *, protect: set[str], dry_run: bool, log: Log,
         backfill_protect_days: float = 7.0,
     ) -> list[str]:
         """Delete all but the ``keep`` newest versions (never one in ``protect``, never the highest,
-        never a backfill's rebuild younger than ``backfill_protect_days``).
+        never a backfill's rebuild younger than ``backfill_protect_days``, never one a channel points at:
+        ``bakery.channels.pinned_by_channels``).
 
         Returns the versions deleted (or that would be, with ``dry_run``).
         """

@@ -4,7 +4,9 @@ Gallery layout (``$BAKERY_HOME/gallery`` by default)::
 
     <image>/<version>/disk.qcow2       the published disk (never modified after publish)
     <image>/<version>/metadata.json    provenance: version, digests, run ids, smoke verdict, size
-    <image>/latest -> <version>        symlink, always the highest published version
+    <image>/latest -> <version>        symlink: the highest version not excluded from latest (Azure's rule)
+    <image>/stable -> <version>        symlink: the version the stable channel points at (images with channels)
+    <image>/channels.json              each version's channel and exclusion from latest, and every change
     <image>/.lock                      flock serialising publish and prune of one image
     <image>/.staging-* / .trash-*      in-flight publish / delete (never a visible version)
 
@@ -43,12 +45,23 @@ from bakery.packages.manifest import MANIFEST_NAME, SBOM_NAME, Manifest, Manifes
 from bakery.packages.pool import PackagePool, default_pool
 from bakery.paths import REPO_ROOT, bakery_home, gallery_root, work_root
 from bakery.record import BakeRecord, SmokeResult
+from bakery.channels import (
+    Actor,
+    Change,
+    VersionState,
+    latest_of,
+    pinned_by_channels,
+    published_change,
+    stable_of,
+    with_channel_marks,
+)
 from bakery.targets.base import Log, PublishedVersion, SmokeCheck, Target
 from bakery.versioning import VersionError, parse_version, version_key
 from bakery.worklock import work_lock
 
 DISK_NAME = "disk.qcow2"
 META_NAME = "metadata.json"
+CHANNELS_NAME = "channels.json"
 STALE_PREFIXES = (".staging-", ".trash-", ".latest-")  # in-flight entries; stale unless locked
 
 
@@ -270,21 +283,119 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
         return sorted(out, key=version_key)
 
     def _update_latest(self, image_dir: Path) -> str | None:
-        versions = self._versions(image_dir)
-        link = image_dir / "latest"
-        if not versions:
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-            return None
-        tmp = image_dir / f".latest-{uuid.uuid4().hex}"
-        os.symlink(versions[-1], tmp)
-        os.replace(tmp, link)
+        """Point ``latest`` (and ``stable``, for an image with channels) at what the channels say; None
+        when no version is in latest."""
+        states = self._states(image_dir)
+        latest = latest_of(states)
+        for name, version in (("latest", latest), ("stable", stable_of(states))):
+            link = image_dir / name
+            if version is None:
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+                continue
+            tmp = image_dir / f".latest-{uuid.uuid4().hex}"
+            os.symlink(version, tmp)
+            os.replace(tmp, link)
         _fsync_dir(image_dir)
-        return versions[-1]
+        return latest
+
+    # ---- channels (bakery.channels) ---------------------------------------------------------
+    @staticmethod
+    def _read_channels(image_dir: Path) -> dict:
+        path = image_dir / CHANNELS_NAME
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return {"versions": data.get("versions") or {}, "history": data.get("history") or []}
+
+    def _states(self, image_dir: Path) -> list[VersionState]:
+        """Each version's channel: its last change in channels.json, else the one it was published into."""
+        channels = self._read_channels(image_dir)["versions"]
+        out = []
+        for v in self._versions(image_dir):
+            meta = json.loads((image_dir / v / META_NAME).read_text())
+            entry = channels.get(v) or meta.get("channel") or {}
+            created = meta.get("created")
+            out.append(VersionState(v, entry.get("channel"), bool(entry.get("exclude_from_latest")),
+                                    datetime.fromisoformat(created) if created else None,
+                                    (meta.get("smoke_test") or {}).get("passed")))
+        return out
+
+    def _record_changes(self, image_dir: Path, changes: list[Change], *, history_only: bool = False) -> None:
+        """With the image lock held: write the versions' channels and append the changes to the history
+        (``history_only``: a publish, whose channel is in the version's metadata)."""
+        data = self._read_channels(image_dir)
+        for c in changes:
+            if not history_only:
+                data["versions"][c.version] = {"channel": c.channel, "exclude_from_latest": c.exclude_from_latest}
+            data["history"].append(c.to_dict())
+        self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _fsync_dir(image_dir)
+
+    def _forget_channels(self, image_dir: Path, versions: list[str]) -> None:
+        """With the image lock held: versions deleted (prune) or replaced lose their channel entry (a
+        version of the same number published again starts from its own publish); the history stays."""
+        data = self._read_channels(image_dir)
+        if any(data["versions"].pop(v, None) is not None for v in list(versions)):
+            self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def channel_states(self, image: str) -> list[VersionState]:
+        return self._states(self._image_dir(image))
+
+    def channel_history(self, image: str) -> list[dict]:
+        """Every channel change of the image, oldest first (``Change.to_dict()``), also of versions pruned
+        since; a publish killed before it wrote its entry is taken from the version's metadata."""
+        image_dir = self._image_dir(image)
+        history = self._read_channels(image_dir)["history"]
+        seen = {(c["version"], c["action"], c["at"]) for c in history}
+        missing = [c for v in self._versions(image_dir) if (c := (self.published(image, v) or {}).get("channel"))
+                   and (c["version"], c["action"], c["at"]) not in seen]
+        return sorted(history + missing, key=lambda c: c["at"])  # stable: the recorded order within a second
+
+    def change_channels(self, image: str, plan, log: Log) -> list[Change]:
+        """Apply the changes ``plan(states)`` returns, with the image lock held (no publish or prune
+        between reading the states and writing them); move ``latest`` and ``stable``. ``plan`` gets the
+        current states and returns ``(changes, summary)``. Returns the changes applied."""
+        with self._locked(image) as image_dir:
+            changes, summary = plan(self._states(image_dir))
+            log(f"{image}: {summary}")
+            if changes:
+                self._record_changes(image_dir, changes)
+                latest = self._update_latest(image_dir)
+                for c in changes:
+                    log(f"{image} {c.version}: {c.channel}{' (excluded from latest)' if c.exclude_from_latest else ''}"
+                        f" - {c.reason} (by {c.by}, run {c.run_id or '-'})")
+                log(f"{image}: stable -> {self._link(image_dir, 'stable') or '(none)'}, latest -> {latest or '(none)'}")
+            return changes
+
+    def check_promotable(self, image: str, version: str, log: Log) -> list[str]:
+        """The published disk is whole: there, of the size published, a consistent qcow2 (``qemu-img
+        check``), and its smoke test passed."""
+        parse_version(version)
+        meta = self.published(image, version)
+        if meta is None:
+            return [f"{image} {version} is not published in {self._image_dir(image)}"]
+        disk = self._image_dir(image) / version / meta.get("disk", DISK_NAME)
+        problems = []
+        if not (meta.get("smoke_test") or {}).get("passed"):
+            problems.append("its smoke test did not pass")
+        if not disk.is_file():
+            return [*problems, f"its disk {disk} is missing"]
+        if meta.get("size_bytes") is not None and disk.stat().st_size != meta["size_bytes"]:
+            problems.append(f"its disk {disk} is {disk.stat().st_size} bytes, published as {meta['size_bytes']}")
+        check = subprocess.run(["qemu-img", "check", "-q", str(disk)], capture_output=True, text=True)
+        if check.returncode != 0:
+            problems.append(f"qemu-img check {disk}: exit {check.returncode}: "
+                            f"{(check.stderr or check.stdout).strip()[-500:]}")
+        if not problems:
+            log(f"{image} {version}: disk {disk} checked (qemu-img check, {disk.stat().st_size} bytes), smoke test passed")
+        return problems
+
+    @staticmethod
+    def _link(image_dir: Path, name: str) -> str | None:
+        link = image_dir / name
+        return os.readlink(link) if link.is_symlink() else None
 
     def latest(self, image: str) -> str | None:
-        link = self._image_dir(image) / "latest"
-        return os.readlink(link) if link.is_symlink() else None
+        return self._link(self._image_dir(image), "latest")
 
     def metadata(self, image: str, version: str) -> dict:
         return json.loads((self._image_dir(image) / version / META_NAME).read_text())
@@ -325,7 +436,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 shutil.copyfile(src, disk)
                 with open(disk, "rb") as fh:
                     os.fsync(fh.fileno())
-                meta = self._metadata(record, disk, manifest)
+                meta = self._metadata(record, disk, manifest)  # with its channel: visible and excluded at once
                 if manifest is not None:
                     self._write(staging / MANIFEST_NAME, manifest.to_json())
                     self._write(staging / SBOM_NAME, self._sbom(record, manifest, meta))
@@ -335,6 +446,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 if old is not None:  # replace_existing: the old version goes only once the new one is whole
                     trash = image_dir / f".trash-{record.version}-{uuid.uuid4().hex[:8]}"
                     os.rename(old, trash)
+                    self._forget_channels(image_dir, [record.version])
                     os.rename(staging, final)
                     _fsync_dir(image_dir)
                     shutil.rmtree(trash)
@@ -345,6 +457,8 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            if meta.get("channel"):
+                self._record_changes(image_dir, [Change(**meta["channel"])], history_only=True)
             latest = self._update_latest(image_dir)
             log(f"published {record.image} {record.version} at {final} (latest -> {latest}, "
                 f"packages from {(record.inputs or {}).get('label', 'unrecorded inputs')})")
@@ -397,6 +511,10 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             "size_bytes": disk.stat().st_size,
             "disk": DISK_NAME,
             "pinned": False,
+            # the channel it was published into (a later change is in the image's channels.json)
+            "channel": (change.to_dict() if (change := published_change(
+                record.version, Actor(record.extra.get("triggered_by") or "scheduler", datetime.fromisoformat(now),
+                                      record.dag_run_id or ""), channels=bool(record.extra.get("channel")))) else None),
         }
 
     @staticmethod
@@ -490,6 +608,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
         ``has_sbom`` (its packages.json / sbom.cdx.json exist), oldest first. Read without the image
         lock: a version folder appears and goes by ``rename(2)``; one pruned while this reads is left out."""
         image_dir = self._image_dir(image)
+        channels = self._read_channels(image_dir)["versions"]
         out = []
         for v in self._versions(image_dir):
             folder = image_dir / v
@@ -497,10 +616,12 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 meta = json.loads((folder / META_NAME).read_text())
             except FileNotFoundError:  # pruned meanwhile
                 continue
+            entry = channels.get(v) or meta.get("channel") or {}
             out.append({**meta, "version": v, "published_id": str(folder), "pinned": bool(meta.get("pinned")),
                         "size_bytes": meta.get("size_bytes"), "has_manifest": (folder / MANIFEST_NAME).is_file(),
-                        "has_sbom": (folder / SBOM_NAME).is_file()})
-        return out
+                        "has_sbom": (folder / SBOM_NAME).is_file(), "channel": entry.get("channel"),
+                        "exclude_from_latest": bool(entry.get("exclude_from_latest"))})
+        return with_channel_marks(out)
 
     def sbom(self, image: str, version: str) -> bytes | None:
         parse_version(version)  # a version number, never a path
@@ -525,11 +646,15 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             current = self.latest(image)
             keep_set = {v.version for v in versions[-keep:]} | set(protect) | {highest} | ({current} if current else set())
             rebuilt = self._rebuilt_protected(image, versions, backfill_protect_days, now)
-            doomed = [v for v in versions if v.version not in keep_set and not v.pinned and v.version not in rebuilt]
+            channels = pinned_by_channels(self._states(image_dir))
+            doomed = [v for v in versions if v.version not in keep_set and not v.pinned and v.version not in rebuilt
+                      and v.version not in channels]
             for v in versions:
                 if v.version in keep_set:
                     continue
-                if v.pinned:
+                if v.version in channels:
+                    log(f"prune {image}: keeping {v.version} ({channels[v.version]})")
+                elif v.pinned:
                     log(f"prune {image}: keeping {v.version} (pinned)")
                 elif v.version in rebuilt:
                     log(f"prune {image}: keeping {v.version} ({rebuilt[v.version]})")
@@ -543,6 +668,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 shutil.rmtree(trash)
                 log(f"prune {image}: deleted {v.version} ({src})")
             if not dry_run:
+                self._forget_channels(image_dir, [v.version for v in doomed])
                 self._update_latest(image_dir)
             kept = [v.version for v in versions if v not in doomed or dry_run]
             log(f"prune {image}: kept {len(kept)} version(s): {', '.join(kept)}")

@@ -57,6 +57,7 @@ from bakery.targets.azure.infra import (
     latest_marketplace_version,
     template_defaults,
 )
+from bakery.targets.azure.channels import ChannelSteps
 from bakery.targets.azure.prune import PRUNE_CONCURRENCY, PrunePlan, PruneSteps, latest_of, plan_prune
 from bakery.targets.azure.publish import DIFF_LOOKBACK, PublishSteps, blob_names
 from bakery.targets.azure.smoke import SmokeNames, SmokeSteps, ssh_public_key
@@ -67,7 +68,7 @@ _is_not_found = is_not_found
 _error_text = error_text
 
 
-class AzureTarget(InfraSteps, SmokeSteps, PublishSteps, PruneSteps, GalleryReadSteps, Target):
+class AzureTarget(InfraSteps, SmokeSteps, PublishSteps, PruneSteps, GalleryReadSteps, ChannelSteps, Target):
     """The bakery's ``Target`` for Azure (see :mod:`bakery.targets.base`); its steps are in the parts."""
 
     name = "azure"

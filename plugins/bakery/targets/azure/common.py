@@ -38,6 +38,10 @@ TAG_MANIFEST = "manifest_digest"  # the digest of the version's package manifest
 TAG_INPUTS = "inputs"  # pool@<version> | snapshot@<timestamp> | current@<time> (Azure: always current@)
 TAG_REBUILT = "rebuilt_at"  # ISO time a backfill rebuilt this (past) version: prune protects it a while
 TAG_VALUE_MAX = 256  # Azure's limit on a tag value
+# the version's channel (bakery.channels) and its last change: who, when, from which run, what, why
+TAG_CHANNEL = "channel"
+CHANNEL_TAGS = {"by": "channel_by", "at": "channel_at", "run_id": "channel_run", "action": "channel_action",
+                "reason": "channel_reason"}
 
 
 class AzureTargetError(RuntimeError):
@@ -137,6 +141,8 @@ class VersionFacts:
     id: str = ""
     rebuilt_at: str = ""  # the tag rebuilt_at (ISO time) of a version a backfill rebuilt; "" if none
     exclude_from_latest: bool = False  # publishingProfile.excludeFromLatest: Azure's `latest` skips it
+    channel: str | None = None  # tag channel (bakery.channels): candidate / stable / superseded / withdrawn
+    smoke_passed: bool | None = None  # tag smoke_test
 
 
 class AzureBase:
@@ -269,6 +275,8 @@ class AzureBase:
                 id=v.id,
                 rebuilt_at=tags_of(v).get(TAG_REBUILT, ""),
                 exclude_from_latest=bool(getattr(profile, "exclude_from_latest", False)),
+                channel=tags_of(v).get(TAG_CHANNEL) or None,
+                smoke_passed={"passed": True, "failed": False}.get(tags_of(v).get(TAG_SMOKE, "")),
             ))
         return sorted(out, key=lambda f: version_key(f.name))
 

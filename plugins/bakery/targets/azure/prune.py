@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bakery.channels import VersionState, pinned_by_channels
 from bakery.targets.azure.common import (
     IMAGE_ID,
     IN_PROGRESS,
@@ -54,7 +55,8 @@ def plan_prune(
 ) -> PrunePlan:
     """Which versions to delete: all but the ``keep`` newest (numerically), except protected ones.
 
-    Never deleted: the highest version; one in ``protect`` (the one just published); the one Azure's
+    Never deleted: the highest version; one in ``protect`` (the one just published); one a channel points
+    at (``bakery.channels.pinned_by_channels``: stable, a candidate waiting for promotion); the one Azure's
     ``latest`` resolves to (the highest not excluded from latest: when newer versions are
     ``excludeFromLatest``, it is not among the newest); one tagged ``pinned=true``; one a backfill
     rebuilt less than ``backfill_protect_days`` ago (tag ``rebuilt_at``; its number is old, so
@@ -70,6 +72,8 @@ def plan_prune(
     protect = set(protect)
     newest = {v.name for v in ordered[-keep:]}
     latest = latest_of(ordered)
+    channels = pinned_by_channels([VersionState(v.name, v.channel, v.exclude_from_latest, v.published,
+                                                usable=v.state.lower() != "failed") for v in ordered])
     plan = PrunePlan()
     for i, v in enumerate(ordered):
         reason = None
@@ -83,6 +87,8 @@ def plan_prune(
             excluded = [o.name for o in ordered[i + 1:] if o.exclude_from_latest]
             reason = (f"Azure's `latest` resolves to it: the highest version not excluded from latest "
                       f"({', '.join(excluded)} {'is' if len(excluded) == 1 else 'are'} excludeFromLatest)")
+        elif v.channel and v.name in channels:
+            reason = channels[v.name]
         elif v.pinned:
             reason = "pinned (tag pinned=true)"
         elif v.rebuilt_at and backfill_protect_days > 0 and (why := _rebuilt_reason(v.rebuilt_at, now,

@@ -82,7 +82,20 @@ class PublishSteps(AzureBase):
         tags.update({k: v for k, v in optional.items() if v})
         if record.run_type == "backfill":
             tags[TAG_REBUILT] = self.now().astimezone(UTC).isoformat(timespec="seconds")
+        change = self.published_change(record)
+        if change is not None:
+            from bakery.targets.azure.channels import channel_tags
+
+            tags.update(channel_tags(change))
         return {k: str(v)[:TAG_VALUE_MAX] for k, v in tags.items()}
+
+    def published_change(self, record: BakeRecord):
+        """The channel the record is published into (``bakery.channels.Change``; None: no channels)."""
+        from bakery.channels import Actor, published_change
+
+        actor = Actor(record.extra.get("triggered_by") or "scheduler", self.now().astimezone(UTC),
+                      record.dag_run_id or "")
+        return published_change(record.version, actor, channels=bool(record.extra.get("channel")))
 
     def version_body(self, record: BakeRecord) -> dict[str, Any]:
         cfg = self.cfg
@@ -91,7 +104,8 @@ class PublishSteps(AzureBase):
                                "storageAccountType": r.storage_account_type} for r in cfg.regions()],
             "replicaCount": cfg.regions()[0].replicas,
             "storageAccountType": cfg.regions()[0].storage_account_type,
-            "excludeFromLatest": cfg.exclude_from_latest,
+            # a candidate (bakery.channels) stays out of `latest` until it is promoted
+            "excludeFromLatest": True if record.extra.get("channel") else cfg.exclude_from_latest,
         }
         if cfg.end_of_life_days:
             eol = self.now() + timedelta(days=cfg.end_of_life_days)
@@ -213,6 +227,11 @@ class PublishSteps(AzureBase):
         manifest = self._record_manifest(record)
         if manifest is not None:
             self._log_diff(record.image, record.version, manifest, log)
+        change = self.published_change(record)
+        if change is not None:
+            self.record_publish(record.image, change, log)
+            log(f"publish: {record.version} is a candidate (excludeFromLatest): `latest` moves when promote_"
+                f"{record.image.replace('-', '_')} promotes it")
         return version_id
 
     # --- package manifest and SBOM (Blob Storage) ---------------------------------------------------
