@@ -205,7 +205,8 @@ def apply(states: Iterable[VersionState], changes: Iterable[Change]) -> list[Ver
 
 
 def _iso(when: datetime | None) -> str:
-    return when.isoformat(timespec="seconds") if when else ""
+    """Microseconds: the history is ordered by it, and one run makes several changes within a second."""
+    return when.isoformat(timespec="microseconds") if when else ""
 
 
 def with_channel_marks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

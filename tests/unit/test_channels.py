@@ -118,6 +118,7 @@ def links(target):
     return tuple(os.readlink(d / n) if (d / n).is_symlink() else None for n in ("stable", "latest"))
 
 
+@pytest.mark.guarantee("prune-safety")
 @pytest.mark.needs_tools("qemu-img")
 def test_local_candidates_promote_rollback_links_history_and_prune(tmp_path):
     target = LocalTarget(tmp_path / "gallery")

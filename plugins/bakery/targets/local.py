@@ -348,7 +348,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
         seen = {(c["version"], c["action"], c["at"]) for c in history}
         missing = [c for v in self._versions(image_dir) if (c := (self.published(image, v) or {}).get("channel"))
                    and (c["version"], c["action"], c["at"]) not in seen]
-        return sorted(history + missing, key=lambda c: c["at"])  # stable: the recorded order within a second
+        return sorted(history + missing, key=lambda c: datetime.fromisoformat(c["at"]))
 
     def change_channels(self, image: str, plan, log: Log) -> list[Change]:
         """Apply the changes ``plan(states)`` returns, with the image lock held (no publish or prune
@@ -513,7 +513,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             "pinned": False,
             # the channel it was published into (a later change is in the image's channels.json)
             "channel": (change.to_dict() if (change := published_change(
-                record.version, Actor(record.extra.get("triggered_by") or "scheduler", datetime.fromisoformat(now),
+                record.version, Actor(record.extra.get("triggered_by") or "scheduler", datetime.now(timezone.utc),
                                       record.dag_run_id or ""), channels=bool(record.extra.get("channel")))) else None),
         }
 

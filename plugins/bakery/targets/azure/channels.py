@@ -8,6 +8,7 @@ container (the full history, also of versions pruned since)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from bakery.channels import Change, VersionState
@@ -125,7 +126,7 @@ class ChannelSteps(AzureBase):
         out = [c for v in self.az.compute.gallery_image_versions.list_by_gallery_image(g_rg, g_name, g_def)
                if (c := change_from_tags(v.name, tags_of(v), bool(getattr(v.publishing_profile, "exclude_from_latest",
                                                                              False))))]
-        return sorted(out, key=lambda c: c["at"])
+        return sorted(out, key=lambda c: datetime.fromisoformat(c["at"]) if c["at"] else datetime.min.replace(tzinfo=UTC))
 
     def check_promotable(self, image: str, version: str, log: Log) -> list[str]:
         """The version is Succeeded, replicated to every target region (Completed), not past its end of

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bakery.channels import with_channel_marks
 from bakery.packages.manifest import MANIFEST_NAME, SBOM_NAME
 from bakery.targets.azure.common import (
     TAG_BASE,
+    TAG_CHANNEL,
     TAG_DIGEST,
     TAG_INPUTS,
     TAG_MANIFEST,
@@ -84,6 +86,7 @@ class GalleryReadSteps(AzureBase):
                 "provisioning_state": state,
                 "pinned": tags.get(TAG_PINNED, "").strip().lower() == "true",
                 "exclude_from_latest": bool(getattr(profile, "exclude_from_latest", False)),
+                "channel": tags.get(TAG_CHANNEL) or None,
                 "end_of_life": eol.isoformat(timespec="seconds") if eol else None,
                 "size_bytes": None,
                 "os_disk_gb": getattr(disk, "size_in_gb", None),
@@ -91,7 +94,7 @@ class GalleryReadSteps(AzureBase):
                 "has_sbom": f"{image}/{v.name}/{SBOM_NAME}" in names,
             })
             out.append(meta)
-        return sorted(out, key=lambda m: version_key(m["version"]))
+        return with_channel_marks(sorted(out, key=lambda m: version_key(m["version"])))
 
     def sbom(self, image: str, version: str) -> bytes | None:
         """The version's SBOM blob (``<image>/<version>/sbom.cdx.json``); None without an ``azure.sbom``

@@ -83,12 +83,12 @@ def plan_prune(
             reason = "the highest version"
         elif v.name in newest:
             reason = f"one of the {keep} newest"
+        elif v.channel and v.name in channels:
+            reason = channels[v.name]
         elif v.name == latest:
             excluded = [o.name for o in ordered[i + 1:] if o.exclude_from_latest]
             reason = (f"Azure's `latest` resolves to it: the highest version not excluded from latest "
                       f"({', '.join(excluded)} {'is' if len(excluded) == 1 else 'are'} excludeFromLatest)")
-        elif v.channel and v.name in channels:
-            reason = channels[v.name]
         elif v.pinned:
             reason = "pinned (tag pinned=true)"
         elif v.rebuilt_at and backfill_protect_days > 0 and (why := _rebuilt_reason(v.rebuilt_at, now,
