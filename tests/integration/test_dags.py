@@ -114,3 +114,21 @@ def test_bad_catalogue_is_an_import_error_naming_the_field(tmp_path, monkeypatch
     bag = DagBag(dag_folder=str(REPO / "dags"))
     (err,) = bag.import_errors.values()
     assert "image 'debian12-nginx', field 'target': 'nowhere' is not one of 'local'" in err
+
+
+def test_images_with_channels_get_a_promote_and_a_rollback_dag(dagbag):
+    specs = load_catalogue()
+    with_channels = {n for n, s in specs.items() if s.channels is not None}
+    assert with_channels, "the shipped catalogue shows channels on at least one image"
+    names = {n.replace("-", "_") for n in with_channels}
+    assert {d for d in dagbag.dag_ids if d.startswith(("promote_", "rollback_"))} == (
+        {f"promote_{n}" for n in names} | {f"rollback_{n}" for n in names})
+    for name in with_channels:
+        spec, key = specs[name], name.replace("-", "_")
+        promote, rollback = dagbag.dags[f"promote_{key}"], dagbag.dags[f"rollback_{key}"]
+        assert promote.task_ids == ["promote"] and rollback.task_ids == ["rollback"]
+        assert type(rollback.timetable).__name__ == "NullTimetable"  # manual only
+        assert promote.max_active_runs == rollback.max_active_runs == 1
+        assert promote.params["version"] == ""  # empty: the newest soaked candidate
+        schema = rollback.params.get_param("version").schema
+        assert schema["type"] == ["string"] and "pattern" in schema
