@@ -3,7 +3,9 @@
 them (run type, build duration) passed in by the caller. Plain Python, no Airflow import: the page's
 FastAPI app (``bakery.webui``) is the Airflow side.
 
-Read-only. Channels and promotion are not shown: the bakery does not record them yet.
+Read-only. For an image with channels: each version's channel (candidate / stable / superseded /
+withdrawn), which one ``latest`` resolves to, and the history of channel changes (who, when, which
+run); promotion and rollback are the ``promote_<image>`` / ``rollback_<image>`` DAGs, triggered in Airflow.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from bakery.packages.manifest import ManifestError, diff
 DIFF_LINES = 200  # package changes listed per version (the summary counts them all)
 
 
-def dag_id_of(image: str) -> str:
-    """The bake DAG of an image (as dags/image_bakery.py names it)."""
-    return f"bake_{image.replace('-', '_')}"
+def dag_id_of(image: str, kind: str = "bake") -> str:
+    """The bake DAG of an image (as dags/image_bakery.py names it), or its ``promote`` / ``rollback`` DAG
+    (dags/channels.py)."""
+    return f"{kind}_{image.replace('-', '_')}"
 
 
 @dataclass
@@ -52,6 +55,10 @@ class VersionRow:
     diff_summary: str | None = None
     diff_lines: list[str] = field(default_factory=list)
     diff_error: str | None = None
+    channel: str | None = None  # candidate / stable / superseded / withdrawn (None: no channels)
+    is_latest: bool = False  # what `latest` resolves to (the highest version not excluded from latest)
+    is_stable: bool = False
+    exclude_from_latest: bool = False
 
 
 @dataclass
@@ -62,6 +69,9 @@ class ImageView:
     description: str = ""
     versions: list[VersionRow] = field(default_factory=list)
     error: str | None = None  # the target could not be read (the page says so for this image)
+    channels: bool = False  # the image has channels (promote_/rollback_ DAGs)
+    soak_hours: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # channel changes, newest first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +101,11 @@ def image_view(spec: Any, target: Any, runs: Callable[[list[str]], Mapping[str, 
     """The image's versions, oldest first, each with the package diff to the previous version that has a
     package manifest. ``runs`` maps DAG run ids to what Airflow recorded of them (a missing run: the
     version's own record is all there is)."""
-    view = ImageView(image=spec.name, target=spec.target, dag_id=dag_id_of(spec.name), description=spec.description)
+    channels = getattr(spec, "channels", None)
+    view = ImageView(image=spec.name, target=spec.target, dag_id=dag_id_of(spec.name), description=spec.description,
+                     channels=channels is not None, soak_hours=channels.soak_hours if channels else None)
     described = target.describe_versions(spec.name)
+    view.history = list(reversed(target.channel_history(spec.name)))
     facts = dict(runs([m["dag_run_id"] for m in described if m.get("dag_run_id")]) if runs else {})
     previous: tuple[str, Any] | None = None  # (version, manifest)
     for meta in described:
@@ -105,6 +118,8 @@ def image_view(spec: Any, target: Any, runs: Callable[[list[str]], Mapping[str, 
             size_bytes=meta.get("size_bytes"), os_disk_gb=meta.get("os_disk_gb"), pinned=bool(meta.get("pinned")),
             protected_until=_protected_until(meta, spec.backfill_protect_days), build_seconds=run.build_seconds,
             package_count=meta.get("package_count"), has_sbom=bool(meta.get("has_sbom")),
+            channel=meta.get("channel"), is_latest=bool(meta.get("is_latest")), is_stable=bool(meta.get("is_stable")),
+            exclude_from_latest=bool(meta.get("exclude_from_latest")),
         )
         if meta.get("has_manifest"):
             try:

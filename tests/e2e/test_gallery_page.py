@@ -22,10 +22,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from bakery.channels import Actor, plan_promote
 from bakery.packages.manifest import Package, manifest_of
 from bakery.record import BakeRecord
 from bakery.targets.local import LocalTarget
@@ -42,6 +44,7 @@ RUNS = {"2026.1101.200000": ("scheduled__2026-11-01T02:00:00+00:00", "scheduled"
         "2026.1103.200000": ("backfill__2026-11-03T02:00:00+00:00", "backfill")}
 INPUTS = {"2026.1101.200000": "current@2026-11-01T02:00:03Z", "2026.1102.200000": "snapshot@20261102T000000Z",
           "2026.1103.200000": "pool@2026.1103.200000"}
+PROMOTE_RUN = "manual__2026-11-04T08:00:00+00:00"
 SMOKE_SECONDS = {"2026.1101.200000": 41.5, "2026.1102.200000": 38.25, "2026.1103.200000": 52.0}
 
 pytestmark = pytest.mark.needs_tools("qemu-img", "chromium")
@@ -62,8 +65,13 @@ def publish_gallery(home: Path, work: Path) -> LocalTarget:
                             dag_run_id=run_id, run_type=run_type, packer_run_uuid=f"uuid-{i}", artifact_id=str(disk),
                             smoke={"passed": True, "seconds": SMOKE_SECONDS[version], "status": 200, "detail": "ok"},
                             inputs={"kind": INPUTS[version].split("@")[0], "label": INPUTS[version]},
-                            packages={"manifest": str(path), "digest": manifest.digest, "count": len(manifest)})
+                            packages={"manifest": str(path), "digest": manifest.digest, "count": len(manifest)},
+                            # the first from before the image had channels; the others published as candidates
+                            extra={"channel": "candidate" if i else None, "triggered_by": "scheduler"})
         target.publish(record, lambda _line: None)
+    # alice promotes the middle one (what promote_debian12_nginx does): stable and latest; the newest waits
+    target.change_channels(IMAGE, lambda states: plan_promote(states, Actor("alice", datetime.now(UTC), PROMOTE_RUN),
+                                                              soak_hours=0, version=VERSIONS[1]), lambda _line: None)
     meta = home / "gallery" / IMAGE / VERSIONS[0] / "metadata.json"  # pinned by hand, as the README says
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "pinned": True}))
     return target
@@ -77,6 +85,7 @@ def stack(tmp_path_factory):
     work.mkdir()
     publish_gallery(home, work)
     entry = yaml.safe_load((REPO / "include" / "catalogue.yaml").read_text())["images"][IMAGE]
+    entry["channels"] = {"soak_hours": 24, "promote_schedule": None}
     catalogue = root / "catalogue.yaml"
     catalogue.write_text(yaml.safe_dump({"version": 1, "images": {IMAGE: entry}}))
     env = {"BAKERY_HOME": str(home), "BAKERY_CATALOGUE": str(catalogue),
@@ -143,6 +152,15 @@ def test_the_gallery_json_and_page_list_the_versions_of_the_local_gallery(stack)
     assert rows[VERSIONS[1]]["diff_lines"] == ["+ curl 7.88.1-10+deb12u8 (amd64)",
                                                "^ nginx 1.22.1-9 -> 1.22.1-9+deb12u1 (amd64)"]
     assert rows[VERSIONS[2]]["diff_summary"] == "0 added, 0 removed, 1 upgraded, 0 downgraded"
+    # channels: what each version is in, what latest resolves to, and every change with who and which run
+    assert [(rows[v]["channel"], rows[v]["is_latest"], rows[v]["is_stable"]) for v in VERSIONS] == [
+        (None, False, False), ("stable", True, True), ("candidate", False, False)]
+    assert os.readlink(stack.gallery / "latest") == VERSIONS[1]
+    assert image["channels"] is True and image["soak_hours"] == 24
+    assert [(h["version"], h["channel"], h["action"], h["by"], h["run_id"]) for h in image["history"]] == [
+        (VERSIONS[1], "stable", "promote", "alice", PROMOTE_RUN),
+        (VERSIONS[2], "candidate", "publish", "scheduler", RUNS[VERSIONS[2]][0]),
+        (VERSIONS[1], "candidate", "publish", "scheduler", RUNS[VERSIONS[1]][0])]
 
     status, body, _ = fetch(stack, f"/image-gallery/api/images/{IMAGE}", stack.token)
     assert status == 200 and json.loads(body) == image
@@ -275,6 +293,10 @@ def test_signed_in_in_chromium_the_airflow_ui_shows_the_gallery_rows(stack, tmp_
         assert text.count("passed") >= 3
         assert f"vs {VERSIONS[0]}: 1 added, 0 removed, 1 upgraded, 0 downgraded" in text
         assert "sbom.cdx.json" in text
+        channels = browser.js("Array.from(document.querySelector('iframe').contentDocument"
+                              ".querySelectorAll('tr.version td.channel-cell')).map(c => c.innerText.trim())")
+        assert channels == ["candidate", "stable latest", ""]  # newest first
+        assert "Channel changes (3)" in text and "alice" in text and PROMOTE_RUN in text
         # the page itself, signed in by the same cookie
         browser.send("Page.navigate", url=f"{stack.url}/image-gallery/images/{IMAGE}")
         browser.wait_js(f"document.body && document.body.innerText.includes({json.dumps(VERSIONS[0])})", "the image's page")

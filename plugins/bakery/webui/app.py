@@ -108,6 +108,7 @@ def _templates():
     env.filters["seconds"] = lambda s: "" if s is None else f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["when"] = _when
+    env.filters["dag"] = lambda image, kind="bake": dag_id_of(image, kind)
     return env
 
 
