@@ -1,0 +1,382 @@
+"""docker-compose.yaml run for real: images built, the stack brought up with podman-compose, a bake
+executed by the Celery worker container, the gallery volume read, a second (unchanged) run that only
+prunes, the triggerer's plugins, and nothing left behind.
+
+No registry is reachable on the test machines, so the three base images are local stand-ins built
+from Debian packages (scripts/build-standins.sh: one mmdebstrap root filesystem, three `podman
+build` layers); the bakery image itself is built from docker/Dockerfile by podman-compose, with the
+stand-in as its AIRFLOW_BASE_IMAGE. Podman runs with the project's docker/containers.conf (runc,
+ulimits within the host's hard limits). Every name carries one random prefix (containers, network,
+volumes, images), and the teardown removes all of it; the last test asserts that nothing of it is
+left (`podman ps -a`, `podman volume ls`, `podman network ls`, `podman images`).
+
+The secrets the compose file requires are generated here and given to podman-compose in its
+environment (never on its command line, never in a file of the repository). podman-compose 1.0.3
+echoes each `podman run` it makes, with `-e KEY=value`: its output goes to a private log (0600, in a
+0700 folder) that the teardown deletes.
+
+Debian's podman-compose 1.0.3 does not wait for `depends_on` conditions, and without systemd podman
+runs no healthcheck timers: the stack is brought up in the order the conditions describe (postgres
+and redis healthy, airflow-init completed, then the rest), and each healthcheck is run with
+`podman healthcheck run` until it passes. Figures (image build, start to healthy, the bake's wall
+time, the stack's peak memory from `podman stats`) are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.airflow_stack import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+CONTAINERS_CONF = REPO / "docker" / "containers.conf"
+DAG = "bake_debian12_nginx"
+IMAGE = "debian12-nginx"
+PREFIX = f"bkc{secrets.token_hex(4)}"  # this session's stack: project, network, volumes, images
+SERVICES_INIT_FIRST = ["postgres", "redis"]
+SERVICES_REST = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
+                 "airflow-triggerer"]
+
+pytestmark = [
+    pytest.mark.compose,
+    pytest.mark.slow,
+    pytest.mark.needs_tools("podman", "podman-compose", "runc", "mmdebstrap"),
+]
+
+FIGURES: dict[str, str] = {}
+
+
+def _figure(name: str, value: str) -> None:
+    FIGURES[name] = value
+    print(f"[compose figures] {name}: {value}", flush=True)
+
+
+class Stack:
+    def __init__(self, base_image: Path) -> None:
+        self.project = PREFIX
+        self.base_image = base_image
+        self.private = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))  # 0700
+        self.log_path = self.private / "compose.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_password = secrets.token_urlsafe(18)
+        from cryptography.fernet import Fernet
+
+        self.env = {
+            **os.environ,
+            "CONTAINERS_CONF": str(CONTAINERS_CONF),
+            "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
+            "POSTGRES_PASSWORD": secrets.token_hex(24),
+            "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
+            "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
+            "AIRFLOW_IMAGE_NAME": f"localhost/{PREFIX}-airflow:3.3.2",
+            "AIRFLOW_API_BIND_ADDRESS": "127.0.0.1",
+            "AIRFLOW_API_PORT": str(self.port),
+        }
+        self.secret_values = [self.env[k] for k in ("AIRFLOW_FERNET_KEY", "POSTGRES_PASSWORD",
+                                                    "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
+                                                    "AIRFLOW_API_SECRET_KEY")]
+        self.images: list[str] = []
+        self.token: str | None = None
+        self.mem_samples: list[tuple[float, int]] = []
+        self._sampling = threading.Event()
+
+    # ---- commands ---------------------------------------------------------------------------
+    def podman(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+    def compose(self, *args: str, timeout: float = 1800) -> None:
+        with open(self.log_path, "a") as log:
+            os.chmod(self.log_path, 0o600)
+            log.write(f"\n### podman-compose {' '.join(args)}\n")
+            log.flush()
+            proc = subprocess.run(["nice", "-n", "19", "podman-compose", "-p", self.project, "-f", str(COMPOSE_FILE),
+                                   *args], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                                  timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"podman-compose {' '.join(args)} failed ({proc.returncode}):\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        text = self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+        for value in self.secret_values:
+            text = text.replace(value, "***")
+        return text
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def logs(self, service: str, n: int = 60) -> str:
+        proc = self.podman("logs", "--tail", str(n), self.container(service), check=False)
+        text = proc.stdout + proc.stderr
+        for value in self.secret_values:
+            text = text.replace(value, "***")
+        return text
+
+    # ---- build, up, down ----------------------------------------------------------------------
+    def build(self) -> None:
+        t0 = time.monotonic()
+        proc = subprocess.run(["nice", "-n", "19", "bash", str(REPO / "scripts" / "build-standins.sh"), PREFIX],
+                              capture_output=True, text=True, env=self.env, timeout=3600)
+        self.images += [f"localhost/{PREFIX}-rootfs:bookworm", f"localhost/{PREFIX}-airflow-base:3.3.2",
+                        f"localhost/{PREFIX}-postgres:standin", f"localhost/{PREFIX}-redis:standin"]
+        assert proc.returncode == 0, f"build-standins.sh failed:\n{proc.stderr[-4000:]}"
+        for line in proc.stdout.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key in ("AIRFLOW_BASE_IMAGE", "POSTGRES_IMAGE", "REDIS_IMAGE"):
+                self.env[key] = value
+        t1 = time.monotonic()
+        self.images.append(self.env["AIRFLOW_IMAGE_NAME"])
+        self.compose("build", "airflow-init")  # docker/Dockerfile on the stand-in, as compose builds it
+        t2 = time.monotonic()
+        _figure("image build: stand-ins (mmdebstrap + 3 layers)", f"{t1 - t0:.0f} s")
+        _figure("image build: bakery image (docker/Dockerfile)", f"{t2 - t1:.0f} s")
+
+    def seed_base_image(self) -> None:
+        """The host's cached VM base image into the bakery volume (the worker, not root, cannot build
+        one; scripts/build-base-image.sh finds it cached there)."""
+        volume = f"{self.project}_bakery-state"
+        self.podman("volume", "create", "--label", f"io.podman.compose.project={self.project}",
+                    "--label", f"com.docker.compose.project={self.project}", volume)
+        mount = Path(self.podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip())
+        real = self.base_image.resolve()
+        (mount / "base").mkdir()
+        shutil.copyfile(real, mount / "base" / real.name)
+        shutil.copyfile(str(real) + ".sha256", mount / "base" / (real.name + ".sha256"))
+
+    def up(self) -> None:
+        t0 = time.monotonic()
+        self.compose("up", "-d", "--no-build", *SERVICES_INIT_FIRST)
+        self.wait_healthy(SERVICES_INIT_FIRST, timeout=180)
+        self.compose("up", "-d", "--no-build", "airflow-init")
+        rc = self.podman("wait", self.container("airflow-init"), timeout=900).stdout.strip()
+        assert rc == "0", f"airflow-init exited with {rc}:\n{self.logs('airflow-init', 80)}"
+        self.compose("up", "-d", "--no-build", *SERVICES_REST)
+        self.wait_healthy(SERVICES_REST, timeout=600)
+        _figure("stack start to healthy (every healthcheck passing)", f"{time.monotonic() - t0:.0f} s")
+        threading.Thread(target=self._sample_memory, daemon=True).start()
+
+    def wait_healthy(self, services: list[str], timeout: float) -> None:
+        pending = list(services)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for service in list(pending):
+                proc = self.podman("healthcheck", "run", self.container(service), check=False, timeout=120)
+                if proc.returncode == 0:
+                    pending.remove(service)
+            if pending:
+                time.sleep(5)
+        assert not pending, "not healthy: " + ", ".join(
+            f"{s}\n{self.logs(s)}" for s in pending)
+
+    def _sample_memory(self) -> None:
+        while not self._sampling.is_set():
+            proc = self.podman("stats", "--no-stream", "--no-reset", "--format", "json", check=False, timeout=120)
+            try:
+                rows = json.loads(proc.stdout or "[]")
+            except ValueError:
+                rows = []
+            total = sum(_bytes(r.get("mem_usage", "0B / 0B").split("/")[0]) for r in rows
+                        if str(r.get("name", "")).startswith(self.project + "_"))
+            self.mem_samples.append((time.monotonic(), total))
+            self._sampling.wait(10)
+
+    def down(self) -> None:
+        self._sampling.set()
+        try:
+            self.compose("down", "-v", timeout=600)
+        except AssertionError as exc:
+            print(f"podman-compose down: {exc}")
+        # whatever podman-compose missed: every object carrying the prefix
+        for kind, ls in (("container", ["ps", "-a", "--format", "{{.Names}}"]),
+                         ("volume", ["volume", "ls", "--format", "{{.Name}}"]),
+                         ("network", ["network", "ls", "--format", "{{.Name}}"])):
+            for name in self.podman(*ls, check=False).stdout.split():
+                if name.startswith(PREFIX):
+                    self.podman(kind, "rm", "-f", name, check=False)
+        for image in reversed(self.images):
+            self.podman("rmi", "-f", image, check=False)
+        # dangling intermediate layers of our builds carry no name; remove only those of ours
+        self.podman("image", "prune", "-f", "--filter", f"label=io.podman.compose.project={self.project}",
+                    check=False)
+        shutil.rmtree(self.private, ignore_errors=True)
+
+    # ---- the REST API ---------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
+        return json.loads(text) if text else None
+
+    def login(self) -> None:
+        self.token = self.request("POST", "/auth/token", {"username": "admin", "password": self.admin_password})[
+            "access_token"]
+
+    def run_path(self, run_id: str) -> str:
+        return f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def trigger_and_wait(self, conf: dict, timeout: float) -> tuple[dict, float]:
+        run = self.request("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            run = self.request("GET", self.run_path(run["dag_run_id"]))
+            if run["state"] in ("success", "failed"):
+                return run, time.monotonic() - t0
+            time.sleep(10)
+        raise AssertionError(f"run {run['dag_run_id']} did not finish in {timeout} s:\n{self.task_states(run['dag_run_id'])}")
+
+    def task_instances(self, run_id: str) -> dict[str, dict]:
+        tis = self.request("GET", self.run_path(run_id) + "/taskInstances?limit=100")["task_instances"]
+        return {ti["task_id"]: ti for ti in tis}
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        return {k: v["state"] for k, v in self.task_instances(run_id).items()}
+
+    def task_log(self, run_id: str, task_id: str, try_number: int) -> str:
+        data = self.request("GET", self.run_path(run_id) + f"/taskInstances/{task_id}/logs/{try_number}?full_content=true")
+        content = data.get("content")
+        if isinstance(content, list):
+            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
+        return str(content)
+
+    def xcom(self, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        return self.request("GET", self.run_path(run_id) + f"/taskInstances/{task_id}/xcomEntries/{key}")["value"]
+
+    def gallery(self) -> Path:
+        volume = f"{self.project}_bakery-state"
+        return Path(self.podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip()) / "gallery"
+
+
+def _bytes(text: str) -> int:
+    text = text.strip()
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                         ("kB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return 0
+
+
+def _ours(stack_prefix: str, podman_env: dict[str, str]) -> dict[str, list[str]]:
+    def names(*args: str) -> list[str]:
+        out = subprocess.run(["podman", *args], capture_output=True, text=True, env=podman_env).stdout
+        return [n for n in out.split() if stack_prefix in n]
+
+    return {"containers": names("ps", "-a", "--format", "{{.Names}}"),
+            "volumes": names("volume", "ls", "--format", "{{.Name}}"),
+            "networks": names("network", "ls", "--format", "{{.Name}}"),
+            "images": names("images", "--format", "{{.Repository}}"),
+            "pods": names("pod", "ps", "--format", "{{.Name}}")}
+
+
+@pytest.fixture(scope="module")
+def stack(base_image: Path):
+    """The stack, up and signed in; at the end brought down and everything of it removed, and then
+    checked: nothing of it is left (a failure here fails the module's last test, in its teardown)."""
+    s = Stack(base_image)
+    try:
+        s.build()
+        s.seed_base_image()
+        s.up()
+        s.login()
+        yield s
+    finally:
+        s.down()
+    left = _ours(PREFIX, s.env)
+    assert not any(left.values()), f"left behind by the compose test: {left}"
+    assert not s.private.exists()
+    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(PREFIX)]
+
+
+def test_bake_runs_on_the_celery_worker_and_publishes_to_the_gallery_volume(stack: Stack):
+    assert stack.request("GET", "/api/v2/monitor/health")["scheduler"]["status"] == "healthy"
+    deadline = time.monotonic() + 300
+    while True:  # the DAG processor parses the catalogue
+        try:
+            stack.request("GET", f"/api/v2/dags/{DAG}")
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, f"{DAG} not parsed:\n{stack.logs('airflow-dag-processor')}"
+            time.sleep(5)
+    stack.request("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+
+    run, wall = stack.trigger_and_wait({}, timeout=3600)
+    states = stack.task_states(run["dag_run_id"])
+    assert run["state"] == "success", f"{states}\n{stack.task_log(run['dag_run_id'], 'build', 1)[-3000:]}"
+    _figure("bake wall time in the stack (TCG, trigger to success)", f"{wall:.0f} s")
+    tis = stack.task_instances(run["dag_run_id"])
+    assert {tis[t]["state"] for t in ("validate", "build", "smoke_test", "publish", "prune")} == {"success"}, states
+    # executed by the Celery worker container: the task's hostname is that container's
+    worker_host = stack.podman("inspect", "--format", "{{.Config.Hostname}}",
+                               stack.container("airflow-worker")).stdout.strip()
+    assert worker_host and tis["build"]["hostname"] == worker_host, (tis["build"]["hostname"], worker_host)
+    assert "accelerator tcg" in stack.task_log(run["dag_run_id"], "prepare", 1)
+
+    # the published version, read from the gallery volume
+    latest = stack.gallery() / IMAGE / "latest"
+    meta = json.loads((latest / "metadata.json").read_text())
+    assert meta["dag_run_id"] == run["dag_run_id"], meta
+    assert (latest / "disk.qcow2").stat().st_size > 100 * 2**20
+    assert (latest / "disk.qcow2").stat().st_uid == 50000  # written by the worker's airflow user
+    stack.first_version = meta["version"]
+
+    # a second run: nothing changed, so check_changes skips the bake and prune runs alone
+    run2, wall2 = stack.trigger_and_wait({}, timeout=1200)
+    tis2 = stack.task_instances(run2["dag_run_id"])
+    assert run2["state"] == "success", {k: v["state"] for k, v in tis2.items()}
+    assert tis2["build"]["state"] == "skipped" and tis2["publish"]["state"] == "skipped"
+    assert tis2["prune"]["state"] == "success"
+    assert tis2["prune"]["hostname"] == worker_host
+    _figure("unchanged second run in the stack (check_changes skip + prune)", f"{wall2:.0f} s")
+    assert os.path.realpath(latest) == os.path.realpath(stack.gallery() / IMAGE / stack.first_version)
+
+
+def test_triggerer_runs_with_the_bakery_plugins(stack: Stack):
+    """The triggerer container imports our triggers (plugins/ on its path) and its job is alive. No
+    local-target task defers yet (only the Azure publish does), so no deferred task is resumed here."""
+    name = stack.container("airflow-triggerer")
+    proc = stack.podman("exec", name, "python", "-c",
+                        "from bakery.triggers.replication import GalleryReplicationTrigger as T; print(T.__module__)",
+                        check=False)
+    assert proc.returncode == 0 and "bakery.triggers.replication" in proc.stdout, proc.stderr[-2000:]
+    plugins = stack.podman("exec", name, "airflow", "plugins", "--output", "json", check=False)
+    assert plugins.returncode == 0, plugins.stderr[-2000:]
+    assert any(p.get("name") == "image_bakery" for p in json.loads(plugins.stdout)), plugins.stdout[:2000]
+
+
+@pytest.mark.guarantee("compose-nothing-left")
+def test_stack_figures_then_nothing_left_behind(stack: Stack):
+    """The module's last test: the stack fixture's teardown runs after it and asserts that no
+    container, pod, volume, network or image of the stack is left (podman ps -a, volume ls,
+    network ls, images)."""
+    if stack.mem_samples:
+        peak = max(m for _, m in stack.mem_samples)
+        _figure("stack peak memory (podman stats, sum over containers)", f"{peak / 2**30:.2f} GiB "
+                f"({len(stack.mem_samples)} samples)")
+    # no file of the repository holds a secret of this stack (the .env is nowhere: environment only)
+    assert not (REPO / ".env").exists() or all(v not in (REPO / ".env").read_text() for v in stack.secret_values)
