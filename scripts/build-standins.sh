@@ -20,6 +20,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO_ROOT/docker/containers.conf}"
+# no intermediate images: each build leaves exactly the one tagged image (nothing nameless behind)
+export BUILDAH_LAYERS="${BUILDAH_LAYERS:-false}"
 prefix="${1:?usage: build-standins.sh PREFIX}"
 case "$prefix" in *[!a-z0-9-]* | -*) echo "build-standins: PREFIX must be lower-case letters, digits and dashes" >&2; exit 2 ;; esac
 MIRROR="${BAKERY_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -64,7 +66,7 @@ for what in redis postgres airflow; do
   esac
   log "podman build $tag"
   podman build --quiet --build-arg ROOTFS="$rootfs" -f "$ctx/Containerfile.$what" -t "$tag" \
-    --volume "$cache:/home/airflow/.cache/pip" \
+    --volume "$cache:/pip-cache" \
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     "$ctx" >/dev/null
 done

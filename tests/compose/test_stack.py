@@ -80,6 +80,8 @@ class Stack:
         self.env = {
             **os.environ,
             "CONTAINERS_CONF": str(CONTAINERS_CONF),
+            # podman build keeps no intermediate images: the images of this test are the named ones
+            "BUILDAH_LAYERS": "false",
             "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
             "POSTGRES_PASSWORD": secrets.token_hex(24),
             "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
@@ -93,6 +95,7 @@ class Stack:
                                                     "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
                                                     "AIRFLOW_API_SECRET_KEY")]
         self.images: list[str] = []
+        self.images_before = set(self.podman("images", "-a", "-q", "--no-trunc").stdout.split())
         self.token: str | None = None
         self.mem_samples: list[tuple[float, int]] = []
         self._sampling = threading.Event()
@@ -214,9 +217,6 @@ class Stack:
                     self.podman(kind, "rm", "-f", name, check=False)
         for image in reversed(self.images):
             self.podman("rmi", "-f", image, check=False)
-        # dangling intermediate layers of our builds carry no name; remove only those of ours
-        self.podman("image", "prune", "-f", "--filter", f"label=io.podman.compose.project={self.project}",
-                    check=False)
         shutil.rmtree(self.private, ignore_errors=True)
 
     # ---- the REST API ---------------------------------------------------------------------
@@ -240,16 +240,16 @@ class Stack:
     def run_path(self, run_id: str) -> str:
         return f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
-    def trigger_and_wait(self, conf: dict, timeout: float) -> tuple[dict, float]:
-        run = self.request("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
-        t0 = time.monotonic()
-        deadline = t0 + timeout
+    def wait_runs(self, expected: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        runs: list[dict] = []
         while time.monotonic() < deadline:
-            run = self.request("GET", self.run_path(run["dag_run_id"]))
-            if run["state"] in ("success", "failed"):
-                return run, time.monotonic() - t0
+            runs = self.request("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
+            if len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs):
+                return runs
             time.sleep(10)
-        raise AssertionError(f"run {run['dag_run_id']} did not finish in {timeout} s:\n{self.task_states(run['dag_run_id'])}")
+        raise AssertionError(f"runs not done in {timeout} s: "
+                             f"{[(r['dag_run_id'], r['state'], self.task_states(r['dag_run_id'])) for r in runs]}")
 
     def task_instances(self, run_id: str) -> dict[str, dict]:
         tis = self.request("GET", self.run_path(run_id) + "/taskInstances?limit=100")["task_instances"]
@@ -271,6 +271,12 @@ class Stack:
     def gallery(self) -> Path:
         volume = f"{self.project}_bakery-state"
         return Path(self.podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip()) / "gallery"
+
+
+def _seconds(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
 
 
 def _bytes(text: str) -> int:
@@ -309,6 +315,15 @@ def stack(base_image: Path):
         s.down()
     left = _ours(PREFIX, s.env)
     assert not any(left.values()), f"left behind by the compose test: {left}"
+    # no process of it either (conmon, the dnsname plugin's dnsmasq of the project network, ...)
+    import psutil
+
+    procs = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if PREFIX in " ".join(p.info["cmdline"] or [])]
+    assert not procs, f"processes of the compose test still running: {procs}"
+    # and no nameless image: every image id there now was there before (only reported, never
+    # removed here: it could be another user's build)
+    new_images = set(s.podman("images", "-a", "-q", "--no-trunc").stdout.split()) - s.images_before
+    assert not new_images, f"images created during the compose test are still there: {sorted(new_images)}"
     assert not s.private.exists()
     assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(PREFIX)]
 
@@ -323,37 +338,49 @@ def test_bake_runs_on_the_celery_worker_and_publishes_to_the_gallery_volume(stac
         except AssertionError:
             assert time.monotonic() < deadline, f"{DAG} not parsed:\n{stack.logs('airflow-dag-processor')}"
             time.sleep(5)
+    # A manual run, triggered while the DAG is paused; unpausing then also makes the scheduler
+    # create the DAG's latest scheduled run. max_active_runs=1 runs them one after the other: the
+    # first bakes (the gallery is empty), the second finds nothing changed, skips the bake and prunes.
+    manual = stack.request("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {}})
+    t0 = time.monotonic()
     stack.request("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+    runs = stack.wait_runs(expected=2, timeout=3600)
+    assert manual["dag_run_id"] in {r["dag_run_id"] for r in runs}, runs
+    tis = {r["dag_run_id"]: stack.task_instances(r["dag_run_id"]) for r in runs}
+    states = {rid: {k: v["state"] for k, v in t.items()} for rid, t in tis.items()}
+    assert all(r["state"] == "success" for r in runs), states
+    baked = [rid for rid, st in states.items() if st["build"] == "success"]
+    skipped = [rid for rid, st in states.items() if st["build"] == "skipped"]
+    assert len(baked) == 1 and len(skipped) == 1, states
+    first, second = tis[baked[0]], tis[skipped[0]]
+    assert {first[t]["state"] for t in ("validate", "build", "smoke_test", "publish", "prune")} == {"success"}
+    assert second["publish"]["state"] == "skipped" and second["prune"]["state"] == "success", states
+    assert second["check_changes"]["start_date"] > first["prune"]["end_date"], "the runs overlapped"
+    bake_wall = _seconds(first["wait_turn"]["start_date"], first["give_back_turn"]["end_date"])
+    _figure("bake wall time in the stack (TCG; first task start to last task end)", f"{bake_wall:.0f} s")
+    _figure("  of which build / smoke_test", f"{first['build']['duration']:.0f} s / {first['smoke_test']['duration']:.0f} s")
+    _figure("unchanged second run in the stack (check_changes skip + prune)",
+            f"{_seconds(second['wait_turn']['start_date'], second['give_back_turn']['end_date']):.0f} s")
+    _figure("both runs, unpause to done", f"{time.monotonic() - t0:.0f} s")
 
-    run, wall = stack.trigger_and_wait({}, timeout=3600)
-    states = stack.task_states(run["dag_run_id"])
-    assert run["state"] == "success", f"{states}\n{stack.task_log(run['dag_run_id'], 'build', 1)[-3000:]}"
-    _figure("bake wall time in the stack (TCG, trigger to success)", f"{wall:.0f} s")
-    tis = stack.task_instances(run["dag_run_id"])
-    assert {tis[t]["state"] for t in ("validate", "build", "smoke_test", "publish", "prune")} == {"success"}, states
     # executed by the Celery worker container: the task's hostname is that container's
     worker_host = stack.podman("inspect", "--format", "{{.Config.Hostname}}",
                                stack.container("airflow-worker")).stdout.strip()
-    assert worker_host and tis["build"]["hostname"] == worker_host, (tis["build"]["hostname"], worker_host)
-    assert "accelerator tcg" in stack.task_log(run["dag_run_id"], "prepare", 1)
+    for t in ("prepare", "build", "smoke_test", "publish", "prune"):
+        assert first[t]["hostname"] == worker_host, (t, first[t]["hostname"], worker_host)
+    assert second["prune"]["hostname"] == worker_host
+    assert "accelerator tcg" in stack.task_log(baked[0], "prepare", 1)
 
     # the published version, read from the gallery volume
-    latest = stack.gallery() / IMAGE / "latest"
+    gallery = stack.gallery() / IMAGE
+    latest = gallery / "latest"
     meta = json.loads((latest / "metadata.json").read_text())
-    assert meta["dag_run_id"] == run["dag_run_id"], meta
-    assert (latest / "disk.qcow2").stat().st_size > 100 * 2**20
-    assert (latest / "disk.qcow2").stat().st_uid == 50000  # written by the worker's airflow user
-    stack.first_version = meta["version"]
-
-    # a second run: nothing changed, so check_changes skips the bake and prune runs alone
-    run2, wall2 = stack.trigger_and_wait({}, timeout=1200)
-    tis2 = stack.task_instances(run2["dag_run_id"])
-    assert run2["state"] == "success", {k: v["state"] for k, v in tis2.items()}
-    assert tis2["build"]["state"] == "skipped" and tis2["publish"]["state"] == "skipped"
-    assert tis2["prune"]["state"] == "success"
-    assert tis2["prune"]["hostname"] == worker_host
-    _figure("unchanged second run in the stack (check_changes skip + prune)", f"{wall2:.0f} s")
-    assert os.path.realpath(latest) == os.path.realpath(stack.gallery() / IMAGE / stack.first_version)
+    assert meta["dag_run_id"] == baked[0], meta
+    disk = latest / "disk.qcow2"
+    assert disk.stat().st_size > 100 * 2**20
+    assert disk.stat().st_uid == 50000  # written by the worker's airflow user
+    versions = sorted(p.name for p in gallery.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0].isdigit())
+    assert versions == [meta["version"]], versions  # the unchanged run published nothing
 
 
 def test_triggerer_runs_with_the_bakery_plugins(stack: Stack):

@@ -306,7 +306,8 @@ def test_celery_executor_redis_and_postgres(compose, airflow_services):
     assert "@redis:6379/" in env["AIRFLOW__CELERY__BROKER_URL"]
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    # the driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, not in the image
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
     # users get the official images; the compose test substitutes local stand-ins by variable
