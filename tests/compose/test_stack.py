@@ -58,11 +58,11 @@ pytestmark = [
     pytest.mark.needs_tools("podman", "podman-compose", "runc", "mmdebstrap"),
 ]
 
-FIGURES: dict[str, str] = {}
+COMPOSE_FIGURES: dict[str, str] = {}
 
 
 def _figure(name: str, value: str) -> None:
-    FIGURES[name] = value
+    COMPOSE_FIGURES[name] = value
     print(f"[compose figures] {name}: {value}", flush=True)
 
 

@@ -517,8 +517,9 @@ def test_worker_is_sized_for_a_small_host_and_overridable(compose):
 def test_build_context_sends_only_what_the_dockerfile_copies():
     """The context is the repository root: .dockerignore keeps var/ (base images, gallery), .venv and
     .git out of it, and lets in every path the Dockerfile COPYs."""
-    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
-    assert ignore[ignore.index("*") if "*" in ignore else -1] == "*", "allow-list expected: '*' first"
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.strip().startswith("#")]
+    assert ignore[0] == "*", "an allow-list is expected: '*' first, then the '!' exceptions"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     for instr, args in _dockerfile_instructions():
         if instr == "COPY":
