@@ -14,9 +14,9 @@
 #   localhost/PREFIX-postgres:standin       stand-in for postgres:16
 #   localhost/PREFIX-redis:standin          stand-in for redis:7.2-bookworm
 # The last lines on stdout are KEY=value for docker-compose.yaml's substitution variables
-# (AIRFLOW_BASE_IMAGE, POSTGRES_IMAGE, REDIS_IMAGE). pip's cache is kept in ~/.cache/image-bakery/pip
-# (BAKERY_PIP_CACHE; owned by uid 50000, the image's airflow user) so a rebuild downloads nothing it
-# had before.
+# (AIRFLOW_BASE_IMAGE, POSTGRES_IMAGE, REDIS_IMAGE). The Python distributions are kept in a wheelhouse,
+# ~/.cache/image-bakery/wheels (BAKERY_WHEELHOUSE; owned by uid 50000, the image's airflow user), so a
+# rebuild on this machine, by any clone, installs them without the network.
 # Needs root, mmdebstrap, podman; CONTAINERS_CONF defaults to docker/containers.conf.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -57,8 +57,8 @@ mmdebstrap --mode=root --variant=minbase --format=tar --include="$pkgs" \
   podman import --change 'CMD ["/bin/bash"]' - "$rootfs" >/dev/null
 
 cp "$REPO_ROOT/docker/standins/"* "$REPO_ROOT/requirements.txt" "$REPO_ROOT/constraints.txt" "$ctx/"
-# pip's cache outside the clone, so that every clone on this machine (CI's fresh ones too) reuses it
-cache="${BAKERY_PIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-bakery/pip}"
+# the wheelhouse outside the clone, so that every clone on this machine (CI's fresh ones too) reuses it
+cache="${BAKERY_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/image-bakery/wheels}"
 mkdir -p "$cache"
 chown -R 50000:0 "$cache"
 for what in redis postgres airflow; do
@@ -68,7 +68,7 @@ for what in redis postgres airflow; do
   esac
   log "podman build $tag"
   podman build --quiet --build-arg ROOTFS="$rootfs" -f "$ctx/Containerfile.$what" -t "$tag" \
-    --volume "$cache:/pip-cache" \
+    --volume "$cache:/wheelhouse" \
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     "$ctx" >/dev/null
 done
