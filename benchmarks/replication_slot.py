@@ -36,6 +36,29 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 REPLICATION_S = 600.0  # emulated seconds
 SAMPLE_S = 0.1
+FLOOR_DAG = "bench_floor_deferral"
+# the floor: the least a deferring task can hold a worker for in this Airflow: a task that does nothing but
+# defer (to a trigger that fires a few seconds later) and return when it resumes: the same two task runs
+# (start, defer; resume, finish) as publish, with none of publish's work
+FLOOR_DAG_FILE = f"""
+from datetime import UTC, datetime, timedelta
+
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+from airflow.sdk import DAG, BaseOperator
+
+
+class DeferOnly(BaseOperator):
+    def execute(self, context):
+        self.defer(trigger=DateTimeTrigger(moment=datetime.now(UTC) + timedelta(seconds=5)),
+                   method_name="execute_complete")
+
+    def execute_complete(self, context, event=None):
+        return "resumed"
+
+
+with DAG("{FLOOR_DAG}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False):
+    DeferOnly(task_id="defer_only")
+"""
 
 
 def before(world, scale: float) -> float:
@@ -65,8 +88,31 @@ def before(world, scale: float) -> float:
         target.close()
 
 
-def after(world, scale: float, root: Path) -> tuple[float, float, float]:
-    """(slot seconds held by publish, seconds it was deferred, seconds from its start to its end)."""
+def dags_folder(root: Path) -> Path:
+    """The repo's DAG files (symlinks) plus the floor's DAG."""
+    folder = root / "dags"
+    folder.mkdir(parents=True)
+    for f in (REPO / "dags").glob("*.py"):
+        (folder / f.name).symlink_to(f)
+    (folder / "bench_floor.py").write_text(FLOOR_DAG_FILE)
+    return folder
+
+
+def floor(af, probe) -> float:
+    """Worker-slot seconds the floor's deferring task held (the same probe, the same Airflow)."""
+    af.wait_dag(FLOOR_DAG)
+    af.unpause(FLOOR_DAG)
+    run_id = af.trigger(FLOOR_DAG)["dag_run_id"]
+    af.wait_run(FLOOR_DAG, run_id, timeout=300)
+    (ti,) = af.task_instances(FLOOR_DAG, run_id)
+    if ti["state"] != "success":
+        raise SystemExit(f"the floor's task ended {ti['state']}:\n{af.task_log(FLOOR_DAG, run_id, 'defer_only')[-3000:]}")
+    return probe.held_seconds(ti["id"])
+
+
+def after(world, scale: float, root: Path) -> tuple[float, float, float, float]:
+    """(slot seconds held by publish, seconds it was deferred, seconds from its start to its end, slot
+    seconds held by the floor's deferring task)."""
     from tests.airflow_stack import AirflowStandalone, PostgresServer, WorkerProbe
     from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake
 
@@ -75,6 +121,7 @@ def after(world, scale: float, root: Path) -> tuple[float, float, float]:
     catalogue["images"][IMAGE]["azure"]["replication"] = {"timeout_minutes": 240 / scale, "poll_seconds": 30 / scale}
     bake.catalogue.write_text(yaml.safe_dump(catalogue))
     env = {k: v for k, v in bake.env().items() if k.startswith(("BAKERY_", "AIRFLOW_CONN_", "PATH", "CHECKPOINT"))}
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder(root))
     with PostgresServer() as pg, AirflowStandalone(root / "airflow",
                                                    env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
         af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})
@@ -92,6 +139,7 @@ def after(world, scale: float, root: Path) -> tuple[float, float, float]:
                 break
             time.sleep(0.5)
         af.wait_run(DAG_ID, run_id, timeout=600)
+        floor_held = floor(af, probe)
         probe.stop.set()
         probe.join()
         # the floor: what a trivial task (give_back_turn: one file operation) holds a worker for
@@ -112,7 +160,7 @@ def after(world, scale: float, root: Path) -> tuple[float, float, float]:
             print("after, by phase (s): until deferred {:.1f}, while deferred (the deferring worker winding down) "
                   "{:.1f}, after resuming {:.1f}".format(*parts))
         span = held[-1] - held[0] if held else 0.0
-        return probe.held_seconds(ti["id"]), (deferred[-1] - deferred[0]) if deferred else 0.0, span
+        return probe.held_seconds(ti["id"]), (deferred[-1] - deferred[0]) if deferred else 0.0, span, floor_held
 
 
 def main() -> None:
@@ -127,10 +175,12 @@ def main() -> None:
         print(f"before (wait in the worker): worker slot held {old:.1f} s real "
               f"(= {old * scale:.0f} s at real speed: it is the replication time)")
         with tempfile.TemporaryDirectory(prefix="bakery-bench-") as tmp:
-            held, deferred, span = after(world, scale, Path(tmp))
+            held, deferred, span, floor_held = after(world, scale, Path(tmp))
     print(f"after (deferred to the triggerer): worker slot held {held:.1f} s real (psutil sweeps; first to "
           f"last sweep that saw it {span:.1f} s apart), deferred {deferred:.1f} s real "
           f"(~{deferred * scale:.0f} emulated s)")
+    print(f"floor (a task that only defers and resumes, same Airflow, same probe): worker slot held "
+          f"{floor_held:.1f} s; publish / floor = {held / max(floor_held, SAMPLE_S):.2f}")
     print(f"goal under 5 s: {'met' if held < 5 else 'NOT met'}; ratio before/after at real speed: "
           f"{old * scale / max(held, SAMPLE_S):.0f}x")
 

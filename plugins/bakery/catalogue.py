@@ -587,16 +587,33 @@ def get_image(name: str, path: str | os.PathLike[str] | None = None) -> ImageSpe
     return spec
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: several times faster
+_PARSED: dict[tuple[str, str, int], dict[str, ImageSpec]] = {}  # (file, its text, the template folder's mtime)
+
+
 def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, ImageSpec]:
+    """The catalogue's images by name. One DAG-file parse reads it from several DAG files (and a task
+    from the operators): the result is reused while the file's text and the template folder (its
+    entries' mtime) stay the same, so it is parsed and validated once per process, not once per reader."""
     path = catalogue_path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise CatalogueError(path, [f"cannot read the file: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        key = (str(path), text, DEFAULT_PACKER_DIR.stat().st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _PARSED:
+        return dict(_PARSED[key])
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise CatalogueError(path, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    return parse_catalogue(data, path=path)
+    specs = parse_catalogue(data, path=path)
+    if key is not None:
+        _PARSED.clear()  # the last one only: a changed file replaces it
+        _PARSED[key] = specs
+    return dict(specs)
