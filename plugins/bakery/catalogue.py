@@ -121,7 +121,10 @@ _AZURE = {
         "prune": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600}},
+            "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600},
+                           # version deletes in flight at once (each a long-running operation of ~a minute)
+                           "concurrency": {"type": "integer", "minimum": 1, "maximum": 64,
+                                           "description": "deletes at once: 1 to 64"}},
         },
         # where each version's SBOM and package manifest go: <image>/<version>/sbom.cdx.json and
         # <image>/<version>/packages.json in this blob container (Airflow wasb connection)
@@ -341,6 +344,7 @@ class AzureSpec:
     allow_deletion_of_replicated_locations: bool = True
     keep_failed_image: bool = False
     prune_min_age_hours: float = 24.0
+    prune_concurrency: int = 16  # gallery image version deletes in flight at once
     sbom: BlobStoreRef | None = None  # where the versions' SBOMs and manifests go (None: nowhere)
     replication_timeout_minutes: float = 240.0  # publish's deadline for the version's replication
     replication_poll_seconds: float = 30.0  # how often the wait reads the replication status
@@ -411,6 +415,7 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
         allow_deletion_of_replicated_locations=raw.get("allow_deletion_of_replicated_locations", True),
         keep_failed_image=raw.get("keep_failed_image", False),
         prune_min_age_hours=float(raw.get("prune", {}).get("min_age_hours", AzureSpec.prune_min_age_hours)),
+        prune_concurrency=int(raw.get("prune", {}).get("concurrency", AzureSpec.prune_concurrency)),
         sbom=BlobStoreRef(**raw["sbom"]) if raw.get("sbom") else None,
         replication_timeout_minutes=float(raw.get("replication", {}).get(
             "timeout_minutes", AzureSpec.replication_timeout_minutes)),

@@ -657,7 +657,9 @@ def test_prune_reports_a_deletion_azure_refuses_and_still_deletes_the_others(wor
     assert [v.version for v in target.list_versions(IMAGE)] == ["2026.1001.200000", "2026.1003.200000"]
 
 
-def test_prune_deletes_with_at_most_four_at_a_time(world, target):
+def test_prune_deletes_with_at_most_the_catalogues_concurrency_at_a_time(world, target):
+    assert target.cfg.prune_concurrency == 16  # the default
+    target.cfg = dataclasses.replace(target.cfg, prune_concurrency=4)  # the catalogue's azure.prune.concurrency
     for day in range(1, 11):
         seed_version(world, target, f"2026.10{day:02d}.200000")
     emu = world.emu
