@@ -22,7 +22,8 @@ def test_no_import_errors(dagbag):
 
 CHAINS = {
     "local": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_test", "publish"],
-    "azure": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_setup", "smoke_test", "publish"],
+    "azure": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_setup", "smoke_test", "publish",
+              "wait_replication"],
 }
 
 
@@ -42,7 +43,7 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
             upstream = dag.get_task(down).upstream_task_ids
             assert up in upstream and upstream <= set(chain[:i + 1]), (down, upstream)
         # prune runs after publish, and also when check_changes skipped the bake
-        assert dag.get_task("prune").upstream_task_ids == {"publish", "check_changes"}
+        assert dag.get_task("prune").upstream_task_ids == {chain[-1], "check_changes"}
         assert dag.get_task("prune").trigger_rule == "none_failed_min_one_success"
         # the image's turn: taken first, given back by a teardown whatever happened
         turn, give_back = dag.get_task("wait_turn"), dag.get_task("give_back_turn")
@@ -51,7 +52,7 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
         assert dag.get_task("build").execution_timeout.total_seconds() == spec.build_timeout_minutes * 60
         assert dag.get_task("publish").retries >= 1  # publish is idempotent, so retrying is safe
         # the steps that may meet a passing fault retry as the catalogue says, each with a backstop timeout
-        steps = ["build", "smoke_test", "publish", *(["smoke_setup"] if spec.target == "azure" else [])]
+        steps = ["build", "smoke_test", "publish", *(["smoke_setup", "wait_replication"] if spec.target == "azure" else [])]
         assert {t: dag.get_task(t).retries for t in steps} == dict.fromkeys(steps, spec.retries)
         for task_id in steps:
             assert dag.get_task(task_id).execution_timeout is not None, task_id
@@ -62,8 +63,15 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
 
         assert isinstance(dag.get_task("publish").record, XComArg)
         assert isinstance(dag.get_task("build").template_dir, XComArg)
-        strings = [v for t in dag.tasks for f in t.template_fields if isinstance(v := getattr(t, f, None), str)]
+        strings = [v for t in dag.tasks for f in t.template_fields if isinstance(v := getattr(t, f, None), str)
+                   and (t.task_id, f) != ("wait_replication", "version")]
         assert strings and not [v for v in strings if "xcom_pull" in v]
+        if spec.target == "azure":  # a trigger's kwargs are JSON: its version is the template of publish's XComArg
+            wait = dag.get_task("wait_replication")
+            assert isinstance(wait.record, XComArg) and wait.record.operator.task_id == "publish"
+            assert wait.version == "{{ ti.xcom_pull(task_ids='publish', map_indexes=-1)['version'] }}"
+            assert wait.start_from_trigger and wait.start_trigger_args.trigger_kwargs["version"] == wait.version
+            assert "password" not in str(wait.start_trigger_args.trigger_kwargs).lower()
         params = dag.params
         assert params["prune_keep"] == spec.prune.keep
         assert params.get_param("prune_keep").schema["minimum"] == 1
