@@ -17,6 +17,10 @@ run; the replication itself is waited for by a trigger, up to azure.replication.
 check_changes skips validate .. publish when nothing changed since the latest version (prune still
 runs); wait_turn makes every bake of one image wait for the one in flight, backfills included.
 
+publish emits an event of the image's Asset (``x-bakery://image/<image>``) with the version it published
+in the extra; a run that publishes nothing emits none. Deployment DAGs are scheduled on it
+(dags/rollout_example.py).
+
 Kept small and fast to parse: it reads the catalogue and wires operators; all work happens in
 the `bakery` package under plugins/.
 """
@@ -27,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
 from bakery.catalogue import ImageSpec, load_catalogue
+from bakery.operators.assets import image_asset
 from bakery.operators.azure import (
     AzurePackerOperator,
     AzureSmokeCheckOperator,
@@ -143,7 +148,7 @@ def build_dag(spec: ImageSpec) -> DAG:
                                       built=build.output, retries=retries, execution_timeout=SMOKE_TIMEOUT)
             check >> validate >> build >> smoke
         publish = PublishOperator(task_id="publish", record=smoke.output, replace_existing="{{ params.replace_existing }}",
-                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT)
+                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT, outlets=[image_asset(spec.name)])
         prune = PruneOperator(task_id="prune", image=spec.name, published=publish.output, retries=2)
         turn >> prepare >> check
         check >> prune  # prune also runs when check_changes skipped the bake

@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.catalogue import get_image
+from bakery.operators.assets import emit_published
 from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
@@ -288,7 +289,10 @@ class PublishOperator(BaseOperator):
     the version, logs the package diff and clears the work folder, or fails saying why.
 
     ``record``: the smoke test's XCom (the bake record). ``replace_existing`` (Azure): replace a
-    version of the same number published by another run.
+    version of the same number published by another run. With the image's Asset among its
+    ``outlets`` (``bakery.operators.assets.image_asset``, as the DAG factory wires it), the event it
+    emits on success carries the published version (``bakery.assets.event_extra``); a publish that
+    fails or is skipped emits none.
     """
 
     template_fields = ("record", "replace_existing")
@@ -305,13 +309,23 @@ class PublishOperator(BaseOperator):
         target = make_target(spec)
         try:
             if spec.target != "azure":
-                return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+                return self._published(context, bake.publish(rec, self.log.info, target,
+                                                              replace_existing=_flag(self.replace_existing)))
             published_id = target.begin_publish(rec, self.log.info, replace_existing=_flag(self.replace_existing))
         finally:
             close_target(target)
         if published_id is None:
             self._defer(spec, rec)
-        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+        return self._published(context, bake.done_publishing(rec, published_id, self.log.info))
+
+    def _published(self, context, rec: BakeRecord) -> dict[str, Any]:
+        """The XCom of a published record; its image's asset event carries it, on both paths. Airflow
+        sends ``context["outlet_events"]`` with the task's success only (the task SDK's
+        ``task_runner._handle_current_task_success``: ``SucceedTask(outlet_events=...)``); a deferral
+        sends none (``DeferTask``), and the resumed try runs ``execute_complete`` with the context
+        whose events its success sends."""
+        emit_published(self, context, rec)
+        return rec.to_dict()
 
     def _defer(self, spec, rec: BakeRecord) -> None:
         import time
@@ -347,7 +361,7 @@ class PublishOperator(BaseOperator):
             published_id = target.finish_publish(rec, self.log.info, event)
         finally:
             close_target(target)
-        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+        return self._published(context, bake.done_publishing(rec, published_id, self.log.info))
 
 
 class PruneOperator(BaseOperator):
