@@ -18,6 +18,10 @@ replication, up to azure.replication.timeout_minutes: no worker slot is held unt
 check_changes skips validate .. publish when nothing changed since the latest version (prune still
 runs); wait_turn makes every bake of one image wait for the one in flight, backfills included.
 
+publish (Azure: wait_replication) emits an event of the image's Asset (``x-bakery://image/<image>``) with
+the version it published in the extra; a run that publishes nothing emits none. Deployment DAGs are scheduled on it
+(dags/rollout_example.py).
+
 Kept small and fast to parse: it reads the catalogue and wires operators; all work happens in
 the `bakery` package under plugins/.
 """
@@ -28,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
 from bakery.catalogue import ImageSpec, load_catalogue
+from bakery.operators.assets import image_asset
 from bakery.operators.azure import (
     AzurePackerOperator,
     AzureSmokeCheckOperator,
@@ -144,13 +149,16 @@ def build_dag(spec: ImageSpec) -> DAG:
             smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, prepared=prepare.output,
                                       built=build.output, retries=retries, execution_timeout=SMOKE_TIMEOUT)
             check >> validate >> build >> smoke
+        # the image's Asset: the task that ends with the version published emits its event
+        outlets = [image_asset(spec.name)]
         publish = PublishOperator(task_id="publish", record=smoke.output, replace_existing="{{ params.replace_existing }}",
-                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT)
+                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT, outlets=[] if azure else outlets)
         published = publish
         if azure:  # the replication is waited for in the triggerer: no worker slot is held meanwhile
             published = ReplicationWaitOperator(
                 task_id="wait_replication", image=spec.name, record=publish.output, azure=spec.azure, retries=retries,
-                execution_timeout=timedelta(minutes=spec.azure.replication_timeout_minutes) + PUBLISH_TIMEOUT)
+                execution_timeout=timedelta(minutes=spec.azure.replication_timeout_minutes) + PUBLISH_TIMEOUT,
+                outlets=outlets)
         prune = PruneOperator(task_id="prune", image=spec.name, published=published.output, retries=2)
         turn >> prepare >> check
         check >> prune  # prune also runs when check_changes skipped the bake

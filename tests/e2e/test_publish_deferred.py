@@ -9,19 +9,28 @@ process has run it at all: LocalExecutor's workers name the task instance they r
 title (``airflow worker -- LocalExecutor: <ti id>``, read with psutil); the same probe sees publish's
 worker, and the wait's once the replication is over (``execute_complete``), so it can see one.
 Then a replication that fails and one past the deadline each end the wait with a clear error, one PUT.
+
+The wait that resumed emits the image's asset event, the published version in its extra (set in
+``execute_complete``), and the rollout example (``rollout_<image>``, unpaused while the wait waits)
+runs from it and reads that version; the waits that fail emit no event.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 import yaml
+from bakery.assets import asset_uri, event_extra
+from bakery.record import BakeRecord
 
 from tests.airflow_stack import AirflowStandalone, PostgresServer, WorkerProbe
 from tests.azure_emulator.dagrun import DAG_ID, IMAGE, Bake, emulated_world
 
 pytestmark = pytest.mark.needs_tools("packer")
+ROLLOUT = f"rollout_{IMAGE.replace('-', '_')}"
+G_EVENT = pytest.mark.guarantee("asset-event-only-when-published")
 
 REPLICATION_TIMEOUT_S = 60
 WAIT = "wait_replication"
@@ -42,6 +51,7 @@ def stack(tmp_path_factory):
                 root / "airflow", env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
             af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})
             af.wait_dag(DAG_ID)
+            af.wait_dag(ROLLOUT)  # paused until the first test's publish waits (no rollout of the scheduled run)
             af.unpause(DAG_ID)
             probe = WorkerProbe()
             probe.start()
@@ -77,6 +87,7 @@ def version_puts(world, version: str = "[^/]+") -> list:
     return [r for r in world.emu.requests("PUT", rf"/galleries/[^/]+/images/[^/]+/versions/{version}$") if not r.fault]
 
 
+@G_EVENT
 def test_the_replication_wait_starts_in_the_triggerer_and_holds_no_worker(stack):
     af, world, probe = stack["af"], stack["world"], stack["probe"]
     world.emu.faults.clear()
@@ -85,6 +96,8 @@ def test_the_replication_wait_starts_in_the_triggerer_and_holds_no_worker(stack)
     ti = af.wait_for("wait_replication deferred", lambda: (t := task_ti(af, run_id))["state"] == "deferred" and t,
                      timeout=900, interval=0.5)
     deferred_at = time.monotonic()
+    # this run holds the image's turn: the scheduled run published before it or publishes after it
+    af.unpause(ROLLOUT)
     observed = []
     while (state := task_ti(af, run_id)["state"]) == "deferred":  # the whole replication
         observed.append(time.monotonic())
@@ -115,8 +128,30 @@ def test_the_replication_wait_starts_in_the_triggerer_and_holds_no_worker(stack)
                     "return_value?deserialize=true")["value"]
     assert record["published_id"] == world.emu.get(put.path)["id"]
 
+    # the publish that resumed from the deferral emitted the image's asset event, with its version ...
+    t0 = time.monotonic()
+    event, rollout = af.run_from_event(asset_uri(IMAGE), run_id, ROLLOUT)
+    print(f"the rollout example ran from the asset event: {time.monotonic() - t0:.1f}s after the bake")
+    published = BakeRecord.from_dict(af.xcom(DAG_ID, run_id, WAIT))
+    assert event["extra"] == event_extra(published)
+    assert event["extra"]["version"] == "2026.1126.200001" and event["extra"]["channel"] == "latest"
+    assert event["extra"]["published_id"].lower() == world.emu.get(put.path)["id"].lower()
+    assert event["source_task_id"] == WAIT
+    # ... and the rollout example ran from it and read that version (Azure: no boot)
+    log = af.task_log(ROLLOUT, rollout["dag_run_id"], "canary")
+    assert rollout["state"] == "success" and rollout["run_type"] == "asset_triggered", log[-3000:]
+    assert af.xcom(ROLLOUT, rollout["dag_run_id"], "canary")["version"] == "2026.1126.200001"
+    # the newest of the events it consumed (the first run takes all since the DAG was parsed: the
+    # scheduled run's too, when that one published first)
+    newest = rf"asset event (\d+)/\1 of x-bakery://image/rhel9-nginx: version 2026\.1126\.200001 \(channel latest, " \
+             rf"target azure\) published by {DAG_ID} run {re.escape(run_id)} at "
+    assert re.search(newest, log), log[-3000:]
+    assert "rhel9-nginx 2026.1126.200001 is published on the azure target" in log
+    assert "no canary boot on the azure target" in log
+
 
 @pytest.mark.guarantee("arm-faults")
+@G_EVENT
 def test_a_failed_replication_fails_the_wait_clearly_with_one_put(stack):
     af, world = stack["af"], stack["world"]
     world.emu.faults.clear()
@@ -129,9 +164,11 @@ def test_a_failed_replication_fails_the_wait_clearly_with_one_put(stack):
     log = af.task_log(DAG_ID, run_id, WAIT)
     assert "ended Failed; replication: " in log and "copying the OS disk to West Europe timed out" in log, log[-3000:]
     assert len(version_puts(world)) == before + 1
+    assert af.asset_events(asset_uri(IMAGE), source_run_id=run_id) == []
 
 
 @pytest.mark.guarantee("arm-faults")
+@G_EVENT
 def test_replication_past_the_deadline_fails_the_wait_clearly_with_one_put(stack):
     af, world = stack["af"], stack["world"]
     world.emu.faults.clear()
@@ -145,3 +182,4 @@ def test_replication_past_the_deadline_fails_the_wait_clearly_with_one_put(stack
     assert f"is still replicating after {REPLICATION_TIMEOUT_S}s (the publish deadline)" in log, log[-3000:]
     assert "a retry of this task adopts the version" in log
     assert len(version_puts(world)) == before + 1
+    assert af.asset_events(asset_uri(IMAGE), source_run_id=run_id) == []

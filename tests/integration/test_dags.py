@@ -83,6 +83,27 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
             assert "accelerator" not in params
 
 
+def test_publish_emits_the_images_asset_and_a_rollout_example_is_scheduled_on_it(dagbag):
+    from bakery.operators.assets import image_asset
+
+    specs = load_catalogue()
+    assert {d for d in dagbag.dag_ids if d.startswith("rollout_")} == {f"rollout_{n.replace('-', '_')}" for n in specs}
+    for name, spec in specs.items():
+        asset = image_asset(name)
+        assert asset.uri == f"x-bakery://image/{name}"
+        # the task that ends with the version published (and no other) has the image's Asset as its outlet
+        bake = dagbag.dags[f"bake_{name.replace('-', '_')}"]
+        emitter = "wait_replication" if spec.target == "azure" else "publish"
+        assert {t.task_id: t.outlets for t in bake.tasks if t.outlets} == {emitter: [asset]}
+        rollout = dagbag.dags[f"rollout_{name.replace('-', '_')}"]
+        assert list(rollout.timetable.asset_condition.objects) == [asset]  # schedule=[the image's Asset]
+        assert "example" in rollout.tags and "example for your own deployment DAGs" in rollout.doc_md
+        assert rollout.is_paused_upon_creation is True and rollout.max_active_runs == 1
+        (task,) = rollout.tasks
+        assert type(task).__name__ == "RolloutOperator" and task.image == name
+        assert task.execution_timeout.total_seconds() > spec.smoke_test.timeout_seconds
+
+
 def test_azure_smoke_teardown_is_an_airflow_teardown_of_the_smoke_setup(dagbag):
     from airflow.task.trigger_rule import TriggerRule
 
@@ -120,8 +141,9 @@ def test_bad_catalogue_is_an_import_error_naming_the_field(tmp_path, monkeypatch
     bad.write_text((REPO / "include" / "catalogue.yaml").read_text().replace("target: local", "target: nowhere"))
     monkeypatch.setenv("BAKERY_CATALOGUE", str(bad))
     bag = DagBag(dag_folder=str(REPO / "dags"))
-    (err,) = bag.import_errors.values()
+    (err,) = bag.import_errors.values()  # the bake DAGs' file says it; the others make no DAG of it
     assert "image 'debian12-nginx', field 'target': 'nowhere' is not one of 'local'" in err
+    assert not [d for d in bag.dag_ids if d.startswith(("rollout_", "promote_", "rollback_"))]
 
 
 def test_images_with_channels_get_a_promote_and_a_rollback_dag(dagbag):

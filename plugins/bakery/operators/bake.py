@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.catalogue import get_image
+from bakery.operators.assets import emit_published
 from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
@@ -285,6 +286,16 @@ def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() == "true"
 
 
+def published(task: BaseOperator, context, rec: BakeRecord) -> dict[str, Any]:
+    """The XCom of a published record; the image's asset event (the task's outlet) carries it. Airflow
+    sends ``context["outlet_events"]`` with the task's success only (the task SDK's
+    ``task_runner._handle_current_task_success``: ``SucceedTask(outlet_events=...)``); a deferral sends
+    none (``DeferTask``), and a resumed task runs ``execute_complete`` with the context whose events its
+    success sends."""
+    emit_published(task, context, rec)
+    return rec.to_dict()
+
+
 class PublishOperator(BaseOperator):
     """Publishes the smoke-tested image as a gallery version (atomic, idempotent).
 
@@ -294,7 +305,10 @@ class PublishOperator(BaseOperator):
 
     ``record``: the smoke test's XCom (the bake record). ``replace_existing`` (Azure): replace a
     version of the same number published by another run. XCom: the record (on Azure its
-    ``published_id`` is set once the wait has seen the version Succeeded).
+    ``published_id`` is set once the wait has seen the version Succeeded). Locally, with the image's
+    Asset among its ``outlets`` (``bakery.operators.assets.image_asset``, as the DAG factory wires it),
+    the event it emits on success carries the published version (``bakery.assets.event_extra``); on
+    Azure ``wait_replication`` emits it. A publish that fails or is skipped emits none.
     """
 
     template_fields = ("record", "replace_existing")
@@ -311,7 +325,8 @@ class PublishOperator(BaseOperator):
         target = make_target(spec)
         try:
             if spec.target != "azure":
-                return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+                return published(self, context, bake.publish(rec, self.log.info, target,
+                                                             replace_existing=_flag(self.replace_existing)))
             published_id = target.begin_publish(rec, self.log.info, replace_existing=_flag(self.replace_existing))
         finally:
             close_target(target)
@@ -397,7 +412,7 @@ class ReplicationWaitOperator(BaseOperator):
             published_id = target.finish_publish(rec, self.log.info, event)
         finally:
             close_target(target)
-        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+        return published(self, context, bake.done_publishing(rec, published_id, self.log.info))
 
 
 class PruneOperator(BaseOperator):
