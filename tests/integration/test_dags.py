@@ -161,4 +161,4 @@ def test_images_with_channels_get_a_promote_and_a_rollback_dag(dagbag):
         assert promote.max_active_runs == rollback.max_active_runs == 1
         assert promote.params["version"] == ""  # empty: the newest soaked candidate
         schema = rollback.params.get_param("version").schema
-        assert schema["type"] == ["string"] and "pattern" in schema
+        assert schema["type"] == "string" and "pattern" in schema and schema["maxLength"] == 32
