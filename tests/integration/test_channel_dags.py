@@ -57,8 +57,7 @@ def test_local_promote_and_rollback_dags_move_the_links_and_record_who(private_a
     home = tmp_path / "bakery"
     target = LocalTarget(home / "gallery")
     for v in (V1, V2, V3):
-        publish_local(tmp_path, target, v)
-    target.gallery.joinpath("img").rename(target.gallery / IMAGE)  # the helper publishes image "img"
+        publish_local(tmp_path, target, v, image=IMAGE)
     env = local_env(home, tmp_path, private_airflow_home)
     gallery = home / "gallery" / IMAGE
 

@@ -350,15 +350,18 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             if not history_only:
                 data["versions"][c.version] = {"channel": c.channel, "exclude_from_latest": c.exclude_from_latest}
             data["history"].append(c.to_dict())
-        self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
-        _fsync_dir(image_dir)
+        self._write_channels(image_dir, data)
 
     def _forget_channels(self, image_dir: Path, versions: list[str]) -> None:
         """With the image lock held: versions deleted (prune) or replaced lose their channel entry (a
         version of the same number published again starts from its own publish); the history stays."""
         data = self._read_channels(image_dir)
         if any(data["versions"].pop(v, None) is not None for v in list(versions)):
-            self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            self._write_channels(image_dir, data)
+
+    def _write_channels(self, image_dir: Path, data: dict) -> None:
+        self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _fsync_dir(image_dir)
 
     def channel_states(self, image: str) -> list[VersionState]:
         return self._states(self._image_dir(image))
@@ -384,8 +387,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 self._record_changes(image_dir, changes)
                 latest = self._update_latest(image_dir)
                 for c in changes:
-                    log(f"{image} {c.version}: {c.channel}{' (excluded from latest)' if c.exclude_from_latest else ''}"
-                        f" - {c.reason} (by {c.by}, run {c.run_id or '-'})")
+                    log(f"{image} {c.line()}")
                 log(f"{image}: stable -> {self._link(image_dir, 'stable') or '(none)'}, latest -> {latest or '(none)'}")
             return changes
 
