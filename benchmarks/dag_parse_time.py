@@ -1,13 +1,17 @@
-"""DAG parse time (a product feature: the scheduler re-parses dags/ all the time).
+"""DAG parse time against its floor (a product feature: the scheduler re-parses dags/ all the time).
 
-Prints the time to import dags/image_bakery.py in a fresh interpreter (median of N runs), the
-time Airflow's DagBag takes to fill from dags/, and how it scales with the catalogue size.
+For the shipped catalogue and for catalogues of 10, 50 and 200 images, in the same run: the time
+Airflow's DagBag takes to fill from dags/ (median of N fresh interpreters; Airflow's own import not
+counted), and the **floor**: a DagBag filled from one generated file that makes DAGs of exactly the
+same shape (the same DAG ids, task ids, dependencies and Params with their schemas, read from the real
+DagBag) out of EmptyOperators, with nothing else. Prints each ratio dags/ : floor and the per-DAG cost.
 
     python benchmarks/dag_parse_time.py [runs]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -20,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = textwrap.dedent(
     """
-    import time, sys
+    import json, time, sys
     t0 = time.perf_counter()
     from airflow.dag_processing.dagbag import DagBag
     t1 = time.perf_counter()
@@ -28,40 +32,89 @@ PROBE = textwrap.dedent(
     t2 = time.perf_counter()
     assert not bag.import_errors, bag.import_errors
     print(f"RESULT {t1 - t0:.4f} {t2 - t1:.4f} {len(bag.dags)}")
+    if len(sys.argv) > 2:  # write the DAGs' shapes for the floor
+        shapes = {d.dag_id: {"tasks": {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks},
+                             "params": {k: [d.params.get_param(k).value, d.params.get_param(k).schema]
+                                        for k in d.params.keys()},
+                             "schedule": None}
+                  for d in bag.dags.values()}
+        open(sys.argv[2], "w").write(json.dumps(shapes, default=str))
+    """
+)
+
+FLOOR = textwrap.dedent(
+    """
+    # DAGs of the same shape as dags/ makes, of EmptyOperators (the benchmark's floor)
+    import json
+    from datetime import UTC, datetime
+
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG, Param
+
+    for _dag_id, _shape in json.loads(open({shapes!r}).read()).items():
+        with DAG(_dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False,
+                 params={{k: Param(v, **schema) for k, (v, schema) in _shape["params"].items()}}) as _dag:
+            _tasks = {{t: EmptyOperator(task_id=t) for t in _shape["tasks"]}}
+            for _t, _ups in _shape["tasks"].items():
+                for _u in _ups:
+                    _tasks[_u] >> _tasks[_t]
+        globals()[_dag_id] = _dag
     """
 )
 
 
-def run(catalogue: Path | None, n: int) -> tuple[float, float, int]:
+def fill(folder: Path, n: int, env: dict, shapes: Path | None = None) -> tuple[float, int]:
+    """Median DagBag fill time of ``folder`` over ``n`` fresh interpreters, and its DAG count."""
+    fills, dags = [], 0
+    for i in range(n):
+        argv = [sys.executable, "-c", PROBE, str(folder)] + ([str(shapes)] if shapes and i == 0 else [])
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        _, t, dags = line.split()[1:]
+        fills.append(float(t))
+    return statistics.median(fills), int(dags)
+
+
+def measure(catalogue: Path | None, n: int, tmp: Path) -> tuple[float, float, int]:
+    """(dags/ fill, floor fill, DAG count), each the median of ``n`` runs, interleaved in one run."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
     if catalogue:
         env["BAKERY_CATALOGUE"] = str(catalogue)
-    fills, dags = [], 0
-    for _ in range(n):
-        out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags")], env=env, capture_output=True, text=True, check=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        airflow_import, fill, dags = line.split()[1:]
-        fills.append(float(fill))
-    return statistics.median(fills), float(airflow_import), int(dags)
+    shapes = tmp / "shapes.json"
+    real, dags = fill(REPO / "dags", 1, env, shapes)  # warms the caches and writes the shapes
+    floor_dir = tmp / "floor"
+    floor_dir.mkdir(exist_ok=True)
+    (floor_dir / "floor.py").write_text(FLOOR.format(shapes=str(shapes)))
+    reals, floors = [], []
+    for _ in range(n):  # alternate, so that a noisy neighbour hits both alike
+        reals.append(fill(REPO / "dags", 1, env)[0])
+        floors.append(fill(floor_dir, 1, env)[0])
+    return statistics.median(reals), statistics.median(floors), dags
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    fill, airflow_import, dags = run(None, n)
-    print(f"shipped catalogue: {dags} DAG(s), DagBag fill median {fill * 1000:.0f} ms over {n} runs (airflow import {airflow_import * 1000:.0f} ms, not counted)")
     import yaml
 
     base = yaml.safe_load((REPO / "include" / "catalogue.yaml").read_text())
     entry = next(iter(base["images"].values()))
-    for size in (10, 50, 200):
-        cat = {"version": 1, "images": {f"image-{i:03d}": dict(entry) for i in range(size)}}
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            yaml.safe_dump(cat, fh)
-        try:
-            fill, _, dags = run(Path(fh.name), n)
-        finally:
-            os.unlink(fh.name)
-        print(f"catalogue of {size:3d} images: {dags} DAGs, DagBag fill median {fill * 1000:.0f} ms ({fill / size * 1000:.1f} ms per DAG)")
+    print(f"DagBag fill, median of {n} runs each (Airflow's import not counted); floor: the same DAGs "
+          "(ids, tasks, dependencies, Params) of EmptyOperators")
+    rows = []
+    for size in (None, 10, 50, 200):
+        with tempfile.TemporaryDirectory() as tmp:
+            cat = None
+            if size:
+                cat = Path(tmp) / "catalogue.yaml"
+                cat.write_text(yaml.safe_dump({"version": 1, "images": {f"image-{i:03d}": dict(entry)
+                                                                        for i in range(size)}}))
+            real, floor, dags = measure(cat, n, Path(tmp))
+        label = "shipped catalogue" if size is None else f"{size:3d} images"
+        rows.append((size, real, dags))
+        print(f"{label:18s}: {dags:4d} DAGs, dags/ {real * 1000:7.0f} ms, floor {floor * 1000:7.0f} ms, "
+              f"ratio {real / floor:.2f}, per DAG {real / dags * 1000:.1f} ms (floor {floor / dags * 1000:.1f} ms)")
+    per = {size: real / dags for size, real, dags in rows if size}
+    print(f"per-DAG cost 200 vs 10 images: {per[200] / per[10]:.2f}x (flat: ~1)")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ def _dag(spec: ImageSpec, action: str) -> DAG:
     name = spec.name.replace("-", "_")
     promote = action == "promote"
     version = Param(
-        "" if promote else None,
-        type="string" if promote else ["string"],
+        "" if promote else None,  # rollback: no default, the run must name the version
+        type="string",
         pattern=f"({VERSION})|^$" if promote else VERSION,
+        maxLength=32,
         description=("Promote this version (Major.Minor.Patch) whatever its soak; empty: the newest candidate "
                      f"that has soaked {spec.channels.soak_hours:g} h." if promote else
                      "The published version (Major.Minor.Patch) to make stable and `latest` again."),

@@ -2,7 +2,7 @@
 
     local:  wait_turn -> prepare -> check_changes -> validate -> build -> smoke_test -> publish -> prune -> give_back_turn
     azure:  wait_turn -> prepare -> check_changes -> validate -> build -> smoke_setup -> smoke_test -> publish
-                -> prune -> give_back_turn
+                -> wait_replication -> prune -> give_back_turn
             smoke_setup ... smoke_teardown, wait_turn ... give_back_turn (Airflow teardowns: always run)
 
 Data flows as XComArgs (``task.output``): prepare's dict is pushed key by key too (multiple_outputs),
@@ -11,11 +11,16 @@ so the Packer tasks take ``prepare.output["template_dir"]`` (the folder prepare 
 
 Retries: ``retries`` of the catalogue entry for every step that may meet a passing fault and is safe to
 repeat (build, the smoke steps, publish); a failed smoke check is a verdict and fails without retrying.
-The smoke steps and publish have an ``execution_timeout`` as a backstop (publish on Azure: per worker
-run; the replication itself is waited for by a trigger, up to azure.replication.timeout_minutes).
+The smoke steps and publish have an ``execution_timeout`` as a backstop. On Azure publish only sends the
+version's PUT; wait_replication starts in the triggerer (start_from_trigger) and waits there for the
+replication, up to azure.replication.timeout_minutes: no worker slot is held until it is over.
 
 check_changes skips validate .. publish when nothing changed since the latest version (prune still
 runs); wait_turn makes every bake of one image wait for the one in flight, backfills included.
+
+publish (Azure: wait_replication) emits an event of the image's Asset (``x-bakery://image/<image>``) with
+the version it published in the extra; a run that publishes nothing emits none. Deployment DAGs are scheduled on it
+(dags/rollout_example.py).
 
 Kept small and fast to parse: it reads the catalogue and wires operators; all work happens in
 the `bakery` package under plugins/.
@@ -27,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
 from bakery.catalogue import ImageSpec, load_catalogue
+from bakery.operators.assets import image_asset
 from bakery.operators.azure import (
     AzurePackerOperator,
     AzureSmokeCheckOperator,
@@ -39,6 +45,7 @@ from bakery.operators.bake import (
     PruneOperator,
     PublishOperator,
     QemuPackerOperator,
+    ReplicationWaitOperator,
     SmokeTestOperator,
 )
 from bakery.operators.turn import GiveBackTurnOperator, WaitForTurnSensor
@@ -142,9 +149,17 @@ def build_dag(spec: ImageSpec) -> DAG:
             smoke = SmokeTestOperator(task_id="smoke_test", image=spec.name, prepared=prepare.output,
                                       built=build.output, retries=retries, execution_timeout=SMOKE_TIMEOUT)
             check >> validate >> build >> smoke
+        # the image's Asset: the task that ends with the version published emits its event
+        outlets = [image_asset(spec.name)]
         publish = PublishOperator(task_id="publish", record=smoke.output, replace_existing="{{ params.replace_existing }}",
-                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT)
-        prune = PruneOperator(task_id="prune", image=spec.name, published=publish.output, retries=2)
+                                  retries=retries, execution_timeout=PUBLISH_TIMEOUT, outlets=[] if azure else outlets)
+        published = publish
+        if azure:  # the replication is waited for in the triggerer: no worker slot is held meanwhile
+            published = ReplicationWaitOperator(
+                task_id="wait_replication", image=spec.name, record=publish.output, azure=spec.azure, retries=retries,
+                execution_timeout=timedelta(minutes=spec.azure.replication_timeout_minutes) + PUBLISH_TIMEOUT,
+                outlets=outlets)
+        prune = PruneOperator(task_id="prune", image=spec.name, published=published.output, retries=2)
         turn >> prepare >> check
         check >> prune  # prune also runs when check_changes skipped the bake
         prune >> give_back.as_teardown(setups=turn)

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,29 @@ class AirflowStandalone:
         if isinstance(content, list):
             return "\n".join(_log_line(c) for c in content)
         return str(content)
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/"
+                        f"{task_id}/xcomEntries/{key}?deserialize=true")["value"]
+
+    def asset_events(self, uri: str, **filters: str) -> list[dict]:
+        """The events of the Asset ``uri``, oldest first (``filters``: ``source_run_id=...`` and the like),
+        each with the runs it created (``created_dagruns``)."""
+        assets = self.get(f"/api/v2/assets?uri_pattern={urllib.parse.quote(uri, safe='')}")["assets"]
+        (asset,) = [a for a in assets if a["uri"] == uri]
+        query = urllib.parse.urlencode({"asset_id": asset["id"], "order_by": "timestamp", "limit": 100, **filters})
+        return self.get(f"/api/v2/assets/events?{query}")["asset_events"]
+
+    def run_from_event(self, uri: str, source_run_id: str, dag_id: str, timeout: float = 300) -> tuple[dict, dict]:
+        """The one event of ``uri`` that run ``source_run_id`` emitted, and the run of ``dag_id`` it
+        triggered, once that run finished."""
+        def created():
+            (event,) = self.asset_events(uri, source_run_id=source_run_id)
+            runs = [r for r in event["created_dagruns"] if r["dag_id"] == dag_id and r["triggering"]]
+            return (event, runs[0]) if runs else None
+        event, run = self.wait_for(f"a run of {dag_id} from the asset event of {source_run_id}", created,
+                                   timeout=timeout, interval=2)
+        return event, self.wait_run(dag_id, run["run_id"], timeout=timeout)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 1800) -> dict:
         deadline = time.monotonic() + timeout

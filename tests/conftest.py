@@ -51,8 +51,22 @@ def airflow_db() -> Path:
     if not marker.exists():
         proc = subprocess.run(["airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy())
         assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        shutil.copy2(_AIRFLOW_HOME / "airflow.db", _AIRFLOW_HOME / PRISTINE_DB)
         marker.touch()
     return _AIRFLOW_HOME
+
+
+PRISTINE_DB = "pristine-airflow.db"  # the session's metadata DB right after its migration
+
+
+@pytest.fixture
+def private_airflow_home(airflow_db, tmp_path) -> Path:
+    """An Airflow home of the test's own: a copy of the freshly migrated session DB, so that what
+    other tests' runs left in the session DB (or did to it) cannot reach this test's runs."""
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    shutil.copy2(airflow_db / PRISTINE_DB, home / "airflow.db")
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,10 @@ _AZURE = {
         "prune": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600}},
+            "properties": {"min_age_hours": {"type": "number", "minimum": 0, "maximum": 87600},
+                           # version deletes in flight at once (each a long-running operation of ~a minute)
+                           "concurrency": {"type": "integer", "minimum": 1, "maximum": 64,
+                                           "description": "deletes at once: 1 to 64"}},
         },
         # where each version's SBOM and package manifest go: <image>/<version>/sbom.cdx.json and
         # <image>/<version>/packages.json in this blob container (Airflow wasb connection)
@@ -341,6 +344,7 @@ class AzureSpec:
     allow_deletion_of_replicated_locations: bool = True
     keep_failed_image: bool = False
     prune_min_age_hours: float = 24.0
+    prune_concurrency: int = 16  # gallery image version deletes in flight at once
     sbom: BlobStoreRef | None = None  # where the versions' SBOMs and manifests go (None: nowhere)
     replication_timeout_minutes: float = 240.0  # publish's deadline for the version's replication
     replication_poll_seconds: float = 30.0  # how often the wait reads the replication status
@@ -411,6 +415,7 @@ def _azure_spec(where: str, target: str, entry: dict[str, Any], problems: list[s
         allow_deletion_of_replicated_locations=raw.get("allow_deletion_of_replicated_locations", True),
         keep_failed_image=raw.get("keep_failed_image", False),
         prune_min_age_hours=float(raw.get("prune", {}).get("min_age_hours", AzureSpec.prune_min_age_hours)),
+        prune_concurrency=int(raw.get("prune", {}).get("concurrency", AzureSpec.prune_concurrency)),
         sbom=BlobStoreRef(**raw["sbom"]) if raw.get("sbom") else None,
         replication_timeout_minutes=float(raw.get("replication", {}).get(
             "timeout_minutes", AzureSpec.replication_timeout_minutes)),
@@ -587,16 +592,33 @@ def get_image(name: str, path: str | os.PathLike[str] | None = None) -> ImageSpe
     return spec
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: several times faster
+_PARSED: dict[tuple[str, str, int], dict[str, ImageSpec]] = {}  # (file, its text, the template folder's mtime)
+
+
 def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, ImageSpec]:
+    """The catalogue's images by name. One DAG-file parse reads it from several DAG files (and a task
+    from the operators): the result is reused while the file's text and the template folder (its
+    entries' mtime) stay the same, so it is parsed and validated once per process, not once per reader."""
     path = catalogue_path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise CatalogueError(path, [f"cannot read the file: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        key = (str(path), text, DEFAULT_PACKER_DIR.stat().st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _PARSED:
+        return dict(_PARSED[key])
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise CatalogueError(path, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    return parse_catalogue(data, path=path)
+    specs = parse_catalogue(data, path=path)
+    if key is not None:
+        _PARSED.clear()  # the last one only: a changed file replaces it
+        _PARSED[key] = specs
+    return dict(specs)

@@ -20,7 +20,7 @@ Every change is a :class:`Change` (who, when, from which run, why); the targets 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +61,11 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def line(self) -> str:
+        """The change as the targets log it."""
+        return (f"{self.version}: {self.channel}{' (excluded from latest)' if self.exclude_from_latest else ''}"
+                f" - {self.reason} (by {self.by}, run {self.run_id or '-'})")
 
 
 @dataclass(frozen=True)
@@ -193,15 +198,6 @@ def plan_rollback(states: Iterable[VersionState], actor: Actor, *, version: str)
     if not changes:
         return [], f"{version} is already stable and nothing above it is in latest: nothing to change"
     return changes, f"roll back to {version}: {len(changes) - 1} version(s) above it withdrawn from latest"
-
-
-def apply(states: Iterable[VersionState], changes: Iterable[Change]) -> list[VersionState]:
-    """The states after ``changes`` (for checks and for what a dry reading would show)."""
-    out = {s.version: s for s in states}
-    for c in changes:
-        if c.version in out:
-            out[c.version] = replace(out[c.version], channel=c.channel, exclude_from_latest=c.exclude_from_latest)
-    return ordered(out.values())
 
 
 def _iso(when: datetime | None) -> str:

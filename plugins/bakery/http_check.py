@@ -53,7 +53,7 @@ def poll_http(
         if body is not None:
             if last_status == check.expect_status and check.expect_text in body:
                 seconds = time.monotonic() - started
-                log(f"smoke test passed: {url} answered {last_status} with {check.expect_text!r} after {seconds:.1f}s")
+                log(f"HTTP check passed: {url} answered {last_status} with {check.expect_text!r} after {seconds:.1f}s")
                 return SmokeResult(True, round(seconds, 2), last_status, f"HTTP {last_status}: {_excerpt(body)}")
             want = f"HTTP {check.expect_status} containing {check.expect_text!r}"
             last_detail = f"expected {want}, got HTTP {last_status}: {_excerpt(body)}"

@@ -340,7 +340,7 @@ class Arm:
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token", '
                                     'error_description="The access token is invalid."'})
         key = method + " " + path + "?" + urlencode(sorted(query.items())) + " " + hashlib.sha1(raw_body or b"").hexdigest()
-        fault = self.faults.http_fault(method, path, key)
+        fault = self.faults.http_fault(method, path, key, clock=self.clock(), time_scale=self.time_scale)
         if fault is not None:
             record.fault = True
             extra = {"Retry-After": _num(fault.retry_after)} if fault.retry_after is not None else {}
@@ -664,7 +664,7 @@ class Arm:
 
     def _op_headers(self, op: Operation, *, location_header: bool) -> dict:
         async_url, location_url = self._op_urls(op)
-        headers = {"Retry-After": str(int(self.retry_after))}
+        headers = {"Retry-After": _num(self.retry_after)}
         if not op.location_only:
             headers["Azure-AsyncOperation"] = async_url
         if location_header or op.location_only:

@@ -8,6 +8,7 @@ answered *before* the emulator looks at the request, so a retried request is pro
     emu.faults.random(0.3, statuses=(429, 500, 503), seed=7)                       # seeded chaos
     emu.faults.fail_lro(path="/versions/1.0.0$", code="InternalOperationError", message="boom")
     emu.faults.slow_lro(seconds=3, path="/versions/")                             # slow replication
+    emu.faults.throttle(bucket=20, refill_per_second=0.2, method="DELETE")        # ARM's write limits
 """
 
 from __future__ import annotations
@@ -88,6 +89,19 @@ class SlowLro(_Matcher):
 
 
 @dataclass
+class Throttle(_Matcher):
+    """ARM's request limits (a token bucket per subscription and operation kind): ``bucket`` matching
+    requests at once, refilled at ``refill_per_second`` (on the emulator's clock); a request finding the
+    bucket empty is answered 429 with ``Retry-After`` (real seconds until a token is back, at least 1)."""
+
+    bucket: float = 200.0
+    refill_per_second: float = 10.0
+    tokens: float = -1.0  # -1: full, set at the first request
+    at: float = 0.0  # the emulator's clock at the last refill
+    throttled: int = 0
+
+
+@dataclass
 class InjectedFault:
     status: int
     code: str
@@ -105,6 +119,7 @@ class Faults:
         self.randoms: list[RandomFaults] = []
         self.lro_failures: list[LroFault] = []
         self.slow: list[SlowLro] = []
+        self.throttles: list[Throttle] = []
         self.injected: list[tuple[str, str, int]] = []  # (method, path, status) of every fault answered
 
     # --- configuration -------------------------------------------------------------------------
@@ -144,6 +159,12 @@ class Faults:
             self.slow.append(rule)
         return rule
 
+    def throttle(self, *, bucket: float, refill_per_second: float, method: str = "*", path: str = ".*") -> Throttle:
+        rule = Throttle(method=method, path=path, bucket=bucket, refill_per_second=refill_per_second)
+        with self._lock:
+            self.throttles.append(rule)
+        return rule
+
     def slow_replication(self, seconds: float, polls: int | None = None) -> SlowLro:
         """Gallery image versions stay ``InProgress`` (replicating) for ``seconds``."""
         return self.slow_lro(seconds, polls=polls, method="PUT",
@@ -155,10 +176,24 @@ class Faults:
             self.randoms.clear()
             self.lro_failures.clear()
             self.slow.clear()
+            self.throttles.clear()
 
     # --- used by the emulator ------------------------------------------------------------------
-    def http_fault(self, method: str, path: str, request_key: str) -> InjectedFault | None:
+    def http_fault(self, method: str, path: str, request_key: str, *, clock: float = 0.0,
+                   time_scale: float = 1.0) -> InjectedFault | None:
         with self._lock:
+            for rule in self.throttles:
+                if not rule.matches(method, path):
+                    continue
+                if rule.tokens < 0:
+                    rule.tokens, rule.at = rule.bucket, clock
+                rule.tokens = min(rule.bucket, rule.tokens + (clock - rule.at) * rule.refill_per_second)
+                rule.at = clock
+                if rule.tokens < 1:
+                    rule.throttled += 1
+                    wait = (1 - rule.tokens) / rule.refill_per_second / time_scale  # real seconds
+                    return self._fault(method, path, 429, None, None, max(1, int(wait + 0.999)))
+                rule.tokens -= 1
             for rule in self.http:
                 if not rule.matches(method, path):
                     continue

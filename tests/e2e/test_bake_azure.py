@@ -140,7 +140,8 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert state == "success", bake.output[-8000:]
     assert set(bake.states().values()) == {"success"}, bake.states()
     assert sorted(bake.states()) == ["build", "check_changes", "give_back_turn", "prepare", "prune", "publish",
-                                     "smoke_setup", "smoke_teardown", "smoke_test", "validate", "wait_turn"]
+                                     "smoke_setup", "smoke_teardown", "smoke_test", "validate", "wait_replication",
+                                     "wait_turn"]
     version = version_of(bake)
     assert version == "2026.1126.200001"
     assert bake.xcom("check_changes")["build"] is True
@@ -187,7 +188,8 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     assert world.created_twice() == []
 
     # publish: the gallery version, with its profile and provenance tags
-    published = bake.xcom("publish")
+    published = bake.xcom("wait_replication")  # publish sent the PUT; the wait saw it Succeeded
+    assert bake.xcom("publish")["published_id"] is None
     v = emu.get(published["published_id"])
     assert v["name"] == version and v["properties"]["provisioningState"] == "Succeeded"
     profile = v["properties"]["publishingProfile"]
@@ -245,7 +247,7 @@ def test_azure_dag_validates_builds_smoke_tests_publishes_and_prunes(world, tmp_
     with ApiServer(tmp_path / "api-server.log", env=bake.env(), port=api_port) as api:
         base = api.url
         build_links = api.links(DAG_ID, bake.run_id, "build")
-        publish_links = api.links(DAG_ID, bake.run_id, "publish")
+        publish_links = api.links(DAG_ID, bake.run_id, "wait_replication")
         gallery = api.get(f"/image-gallery/api/images/{IMAGE}")
     run = quote(bake.run_id, safe="")
     assert build_links == {
@@ -361,7 +363,7 @@ def test_a_second_bake_with_an_nginx_update_gets_a_new_manifest_digest_and_logs_
 # --- skip when nothing changed ------------------------------------------------------------------------
 BASE = "marketplace:almalinux:almalinux-x86_64:9-gen2:9.5.202411260"  # the emulator's latest AlmaLinux 9 gen2
 NEW_BASE_VERSION = "9.6.2025052001"
-BAKE_STEPS = ("validate", "build", "smoke_setup", "smoke_test", "publish")
+BAKE_STEPS = ("validate", "build", "smoke_setup", "smoke_test", "publish", "wait_replication")
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ periods, so two runs are five minutes apart):
 
 1. nightly S1 (mirror day 1): its manifest has canary 1.0, its inputs are ``current@``;
    the mirror moves; nightly S2: canary 2.0, the publish log and ``bakery diff`` show 1.0 -> 2.0.
+   Each publish emitted the image's asset event with its version; the rollout example (unpaused
+   after S1, paused again once it ran) ran from S2's (taking S1's too: the newest wins) and booted
+   S2's published disk as a canary.
 2. prune S1 (a manual run with prune_keep=1: nothing changed, so it only prunes), then one backfill
    with the default settings (10 active runs) over three dates: the period before S1 (no pool:
    ``allow_current_inputs``), S1 (rebuilt from the pool: its manifest equals the pruned S1's exactly,
@@ -14,8 +17,8 @@ periods, so two runs are five minutes apart):
    The three backfill runs ran at the same time, yet no two builds or smoke tests of the image ever
    overlapped (task-instance times over every run).
 3. the following nightly, with the mirror unchanged: build, smoke test and publish skipped, nothing
-   published, the run succeeded, the decision and its reasons in XCom; its prune (keep=2) keeps the
-   backfill's rebuilds (protected, said why).
+   published, no asset event, the run succeeded, the decision and its reasons in XCom; its prune
+   (keep=2) keeps the backfill's rebuilds (protected, said why).
 4. a backfill of a date before any pool (and no snapshot archive): fails in prepare with the message,
    nothing built.
 
@@ -29,13 +32,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
+from bakery.assets import asset_uri, event_extra
 from bakery.packages.manifest import Manifest
+from bakery.record import BakeRecord
 from bakery.versioning import version_for_run, version_key
 
 from tests.airflow_stack import AirflowStandalone, PostgresServer
@@ -43,6 +49,7 @@ from tests.pkgmirror import ClosureError, LoopbackMirror, deb_cache_dir, debian_
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE, DAG = "debian12-nginx", "bake_debian12_nginx"
+ROLLOUT = "rollout_debian12_nginx"
 BAKE_TASKS = ("build", "smoke_test")
 
 pytestmark = [
@@ -101,6 +108,7 @@ def world(tmp_path_factory, base_image):
                 root / "airflow", env={**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url}) as af:
             af.request("POST", "/api/v2/pools", {"name": "image_bakery_packer", "slots": 2})  # as setup.sh does
             af.wait_dag(DAG)
+            af.wait_dag(ROLLOUT)
             yield {"af": af, "mirror": mirror, "home": home, "closure": closure, "canary": canary, "env": env,
                    "story": Story()}
         left = [p.pid for p in psutil.process_iter(["name", "cmdline"])
@@ -140,10 +148,7 @@ def log_of(af, run_id: str, task: str) -> str:
 
 
 def xcom(af, run_id: str, task: str):
-    from urllib.request import quote
-
-    return af.get(f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task}/xcomEntries/"
-                  "return_value?deserialize=true")["value"]
+    return af.xcom(DAG, run_id, task)
 
 
 def scheduled_runs(af) -> list[dict]:
@@ -203,6 +208,7 @@ def test_nightlies_record_their_packages_and_the_diff(world):
     mirror.publish([*world["closure"], world["canary"]["2.0"]], when=datetime.now(timezone.utc))
     s1 = af.wait_run(DAG, s1["dag_run_id"])
     assert s1["state"] == "success", af.tail()
+    af.unpause(ROLLOUT)  # S1 published already: the rollout example runs from S2's event
     v1 = version_for_run(run_type="scheduled", logical_date=parse(s1["logical_date"]), run_after=None)
     assert published(world) == [v1]
     m1, meta1 = manifest(world, v1), meta(world, v1)
@@ -224,6 +230,27 @@ def test_nightlies_record_their_packages_and_the_diff(world):
     assert cli.returncode == 0 and "bakery-canary 1.0 -> 2.0" in cli.stdout, cli.stdout + cli.stderr
     decision2 = xcom(af, s2["dag_run_id"], "check_changes")
     assert decision2["build"] is True and any("bakery-canary 1.0 -> 2.0" in r for r in decision2["reasons"])
+
+    # each publish emitted the image's asset event with its version; the rollout example (paused while
+    # S1 published) ran from S2's: its first run took both events, read v2, the newest, and booted v2's
+    # published disk as a canary
+    t0 = time.monotonic()
+    event2, rollout = af.run_from_event(asset_uri(IMAGE), s2["dag_run_id"], ROLLOUT, timeout=900)
+    print(f"the rollout example's canary ended {time.monotonic() - t0:.0f}s after S2")
+    af.unpause(ROLLOUT, paused=True)  # no more canary boots while the backfill bakes
+    assert event2["extra"]["version"] == v2 and event2["extra"]["published_id"] == str(gallery(world) / v2)
+    (event1,) = af.asset_events(asset_uri(IMAGE), source_run_id=s1["dag_run_id"])
+    assert event1["extra"] == event_extra(BakeRecord.from_dict(xcom(af, s1["dag_run_id"], "publish")))
+    assert event1["extra"]["version"] == v1
+    assert [(r["dag_id"], r["triggering"]) for r in event1["created_dagruns"]] == [(ROLLOUT, False)]  # consumed only
+    log = af.task_log(ROLLOUT, rollout["dag_run_id"], "canary")
+    assert rollout["state"] == "success" and rollout["run_type"] == "asset_triggered", log[-4000:]
+    assert f"asset event 1/2 of {asset_uri(IMAGE)}: version {v1} (channel latest, target local)" in log
+    assert f"asset event 2/2 of {asset_uri(IMAGE)}: version {v2} (channel latest, target local)" in log
+    assert f"booting {gallery(world) / v2 / 'disk.qcow2'} read-only (-snapshot)" in log
+    canary = af.xcom(ROLLOUT, rollout["dag_run_id"], "canary")
+    assert canary["version"] == v2 and canary["canary"]["passed"] is True, canary
+    assert f"canary of {IMAGE} {v2} passed: HTTP 200" in log
 
     story.data.update(s1=s1, s2=s2, v1=v1, v2=v2, m1=m1, s2_windows=bake_windows(af, [s1["dag_run_id"], s2["dag_run_id"]]))
     story.done.add("nightlies")
@@ -262,7 +289,7 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     assert manifest(world, v1) == m1, "the rebuild from the pool differs from the pruned version's manifest"
     assert canary_of(manifest(world, v1)) == "1.0"  # though the mirror serves only 2.0 now
     build_log = log_of(af, next(r for r in runs if parse(r["logical_date"]) == t1)["dag_run_id"], "build")
-    assert f"exact rebuild: all" in build_log and f"packages of {v1}'s pool index installed as recorded" in build_log
+    assert "exact rebuild: all" in build_log and f"packages of {v1}'s pool index installed as recorded" in build_log
     assert meta(world, v0)["inputs"]["kind"] == "current" and canary_of(manifest(world, v0)) == "2.0"
     s2_again = next(r for r in runs if parse(r["logical_date"]) == t2)
     decision = xcom(af, s2_again["dag_run_id"], "check_changes")
@@ -286,6 +313,7 @@ def test_a_backfill_rebuilds_a_pruned_date_exactly_and_never_runs_two_bakes_at_o
     story.done.add("backfill")
 
 
+@pytest.mark.guarantee("asset-event-only-when-published")
 def test_the_following_nightly_skips_unchanged_and_keeps_the_backfills_rebuilds(world):
     af, story = world["af"], world["story"]
     story.need("backfill")
@@ -301,6 +329,7 @@ def test_the_following_nightly_skips_unchanged_and_keeps_the_backfills_rebuilds(
     states = {t: ti["state"] for t, ti in tis(af, run["dag_run_id"]).items()}
     assert {states[t] for t in ("validate", "build", "smoke_test", "publish")} == {"skipped"}, states
     assert states["check_changes"] == states["prune"] == states["give_back_turn"] == "success"
+    assert af.asset_events(asset_uri(IMAGE), source_run_id=run["dag_run_id"]) == []  # nothing published, no event
     decision = xcom(af, run["dag_run_id"], "check_changes")
     assert decision["build"] is False and decision["compared_with"] == v2
     assert "nothing changed since" in decision["reasons"][0]

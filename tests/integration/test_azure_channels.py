@@ -113,30 +113,31 @@ def test_candidates_promote_rollback_move_arms_latest_and_prune_keeps_channel_ta
         target.close()
 
 
-def test_without_a_blob_container_the_history_is_each_versions_last_change(world):
+@pytest.fixture
+def without_blobs(world):
+    """(spec, target) of an image with channels and no azure.sbom block."""
     spec = spec_with_channels(world, None)
     target = AzureTarget(spec, world.clients, progress_interval=0.05)
-    try:
-        publish(world, target, V1)
-        publish(world, target, V2)
+    yield spec, target
+    target.close()
+
+
+def test_without_a_blob_container_the_history_is_each_versions_last_change(world, without_blobs):
+    spec, target = without_blobs
+    publish(world, target, V1)
+    publish(world, target, V2)
+    run("promote", spec, target, "carol", version=V1)
+    history = target.channel_history(IMAGE)
+    assert [(h["version"], h["channel"], h["by"]) for h in history] == [(V2, "candidate", "scheduler"),
+                                                                       (V1, "stable", "carol")]
+    assert arm_latest(world) == V1
+
+
+def test_promotion_checks_the_version_itself_and_refuses_one_past_its_end_of_life(world, without_blobs):
+    spec, target = without_blobs
+    publish(world, target, V1)
+    world.emu.state.get(target.published(IMAGE, V1)["published_id"]).properties["publishingProfile"][
+        "endOfLifeDate"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    with pytest.raises(ChannelError, match=f"cannot promote {IMAGE} {V1}: past its end of life"):
         run("promote", spec, target, "carol", version=V1)
-        history = target.channel_history(IMAGE)
-        assert [(h["version"], h["channel"], h["by"]) for h in history] == [(V2, "candidate", "scheduler"),
-                                                                           (V1, "stable", "carol")]
-        assert arm_latest(world) == V1
-    finally:
-        target.close()
-
-
-def test_promotion_checks_the_version_itself_and_refuses_one_past_its_end_of_life(world):
-    spec = spec_with_channels(world, None)
-    target = AzureTarget(spec, world.clients, progress_interval=0.05)
-    try:
-        publish(world, target, V1)
-        world.emu.state.get(target.published(IMAGE, V1)["published_id"]).properties["publishingProfile"][
-            "endOfLifeDate"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        with pytest.raises(ChannelError, match=f"cannot promote {IMAGE} {V1}: past its end of life"):
-            run("promote", spec, target, "carol", version=V1)
-        assert arm_latest(world) is None  # nothing changed: the only version is still a candidate
-    finally:
-        target.close()
+    assert arm_latest(world) is None  # nothing changed: the only version is still a candidate

@@ -657,7 +657,9 @@ def test_prune_reports_a_deletion_azure_refuses_and_still_deletes_the_others(wor
     assert [v.version for v in target.list_versions(IMAGE)] == ["2026.1001.200000", "2026.1003.200000"]
 
 
-def test_prune_deletes_with_at_most_four_at_a_time(world, target):
+def test_prune_deletes_with_at_most_the_catalogues_concurrency_at_a_time(world, target):
+    assert target.cfg.prune_concurrency == 16  # the default
+    target.cfg = dataclasses.replace(target.cfg, prune_concurrency=4)  # the catalogue's azure.prune.concurrency
     for day in range(1, 11):
         seed_version(world, target, f"2026.10{day:02d}.200000")
     emu = world.emu
@@ -681,3 +683,19 @@ def test_prune_deletes_with_at_most_four_at_a_time(world, target):
     deleted = target.prune(IMAGE, 2, protect=set(), dry_run=False, log=Log())
     assert len(deleted) == 8
     assert 2 <= peak[0] <= 4, peak[0]
+
+
+@pytest.mark.guarantee("arm-faults")
+def test_prune_throttled_by_arm_deletes_everything_it_should_without_failing(world, target):
+    """ARM's write limits (a token bucket): past it deletes are answered 429 + Retry-After; prune sends
+    them again and ends with exactly the kept versions, no failure."""
+    for day in range(1, 11):
+        seed_version(world, target, f"2026.10{day:02d}.200000")
+    world.emu.faults.throttle(bucket=2, refill_per_second=2, method="DELETE", path=r"/versions/[^/]+$")
+    log = Log()
+    deleted = target.prune(IMAGE, 2, protect=set(), dry_run=False, log=log)
+    assert len(deleted) == 8 and [v.version for v in target.list_versions(IMAGE)] == [
+        "2026.1009.200000", "2026.1010.200000"]
+    throttled = [f for f in world.emu.faults.injected if f[0] == "DELETE" and f[2] == 429]
+    assert throttled, "the throttle never answered 429: the test would prove nothing"
+    assert "deleting 8 version(s), at most 8 at a time" in log.text()

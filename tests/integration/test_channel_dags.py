@@ -36,7 +36,7 @@ def dags_test(dag_id: str, env: dict, cwd: Path, conf: dict | None = None) -> tu
     if conf:
         cmd += ["--conf", json.dumps(conf)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False)
-    with sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db") as db:
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
         run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1",
                                    (dag_id,)).fetchone()
         rows = db.execute("SELECT value FROM xcom WHERE dag_id=? AND run_id=? AND key='return_value'",
@@ -45,21 +45,20 @@ def dags_test(dag_id: str, env: dict, cwd: Path, conf: dict | None = None) -> tu
     return state, proc.stdout + proc.stderr, xcom
 
 
-def local_env(home: Path, tmp_path: Path) -> dict:
+def local_env(home: Path, tmp_path: Path, airflow_home: Path) -> dict:
     entry = yaml.safe_load(DEFAULT_CATALOGUE.read_text())["images"][IMAGE]
     entry["channels"] = {"soak_hours": 0, "promote_schedule": None}
     catalogue = tmp_path / "catalogue.yaml"
     catalogue.write_text(yaml.safe_dump({"version": 1, "images": {IMAGE: entry}}))
-    return {**os.environ, "BAKERY_HOME": str(home), "BAKERY_CATALOGUE": str(catalogue)}
+    return {**os.environ, "BAKERY_HOME": str(home), "BAKERY_CATALOGUE": str(catalogue), "AIRFLOW_HOME": str(airflow_home)}
 
 
-def test_local_promote_and_rollback_dags_move_the_links_and_record_who(airflow_db, tmp_path):
+def test_local_promote_and_rollback_dags_move_the_links_and_record_who(private_airflow_home, tmp_path):
     home = tmp_path / "bakery"
     target = LocalTarget(home / "gallery")
     for v in (V1, V2, V3):
-        publish_local(tmp_path, target, v)
-    target.gallery.joinpath("img").rename(target.gallery / IMAGE)  # the helper publishes image "img"
-    env = local_env(home, tmp_path)
+        publish_local(tmp_path, target, v, image=IMAGE)
+    env = local_env(home, tmp_path, private_airflow_home)
     gallery = home / "gallery" / IMAGE
 
     state, out, changes = dags_test("promote_debian12_nginx", env, tmp_path, {"version": V2})
@@ -82,7 +81,7 @@ def test_local_promote_and_rollback_dags_move_the_links_and_record_who(airflow_d
     assert os.readlink(gallery / "latest") == V1
 
 
-def test_azure_promote_and_rollback_dags_move_arms_latest(airflow_db, tmp_path):
+def test_azure_promote_and_rollback_dags_move_arms_latest(private_airflow_home, tmp_path):
     from bakery.catalogue import parse_catalogue
     from bakery.targets.azure import AzureTarget
 
@@ -104,11 +103,12 @@ def test_azure_promote_and_rollback_dags_move_arms_latest(airflow_db, tmp_path):
             target.close()
         assert arm_latest(world) is None  # two candidates: nothing in latest yet
 
-        state, out, changes = dags_test("promote_rhel9_nginx", bake.env(), bake.home)
+        env = {**bake.env(), "AIRFLOW_HOME": str(private_airflow_home)}
+        state, out, changes = dags_test("promote_rhel9_nginx", env, bake.home)
         assert state == "success", out[-3000:]
         assert [c["version"] for c in changes] == [V2] and arm_latest(world) == V2
 
-        state, out, changes = dags_test("rollback_rhel9_nginx", bake.env(), bake.home, {"version": V1})
+        state, out, changes = dags_test("rollback_rhel9_nginx", env, bake.home, {"version": V1})
         assert state == "success", out[-3000:]
         assert arm_latest(world) == V1
         assert "client_secret" not in out and world.client_secret not in out

@@ -22,7 +22,8 @@ def test_no_import_errors(dagbag):
 
 CHAINS = {
     "local": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_test", "publish"],
-    "azure": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_setup", "smoke_test", "publish"],
+    "azure": ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_setup", "smoke_test", "publish",
+              "wait_replication"],
 }
 
 
@@ -42,7 +43,7 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
             upstream = dag.get_task(down).upstream_task_ids
             assert up in upstream and upstream <= set(chain[:i + 1]), (down, upstream)
         # prune runs after publish, and also when check_changes skipped the bake
-        assert dag.get_task("prune").upstream_task_ids == {"publish", "check_changes"}
+        assert dag.get_task("prune").upstream_task_ids == {chain[-1], "check_changes"}
         assert dag.get_task("prune").trigger_rule == "none_failed_min_one_success"
         # the image's turn: taken first, given back by a teardown whatever happened
         turn, give_back = dag.get_task("wait_turn"), dag.get_task("give_back_turn")
@@ -51,7 +52,7 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
         assert dag.get_task("build").execution_timeout.total_seconds() == spec.build_timeout_minutes * 60
         assert dag.get_task("publish").retries >= 1  # publish is idempotent, so retrying is safe
         # the steps that may meet a passing fault retry as the catalogue says, each with a backstop timeout
-        steps = ["build", "smoke_test", "publish", *(["smoke_setup"] if spec.target == "azure" else [])]
+        steps = ["build", "smoke_test", "publish", *(["smoke_setup", "wait_replication"] if spec.target == "azure" else [])]
         assert {t: dag.get_task(t).retries for t in steps} == dict.fromkeys(steps, spec.retries)
         for task_id in steps:
             assert dag.get_task(task_id).execution_timeout is not None, task_id
@@ -62,8 +63,15 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
 
         assert isinstance(dag.get_task("publish").record, XComArg)
         assert isinstance(dag.get_task("build").template_dir, XComArg)
-        strings = [v for t in dag.tasks for f in t.template_fields if isinstance(v := getattr(t, f, None), str)]
+        strings = [v for t in dag.tasks for f in t.template_fields if isinstance(v := getattr(t, f, None), str)
+                   and (t.task_id, f) != ("wait_replication", "version")]
         assert strings and not [v for v in strings if "xcom_pull" in v]
+        if spec.target == "azure":  # a trigger's kwargs are JSON: its version is the template of publish's XComArg
+            wait = dag.get_task("wait_replication")
+            assert isinstance(wait.record, XComArg) and wait.record.operator.task_id == "publish"
+            assert wait.version == "{{ ti.xcom_pull(task_ids='publish', map_indexes=-1)['version'] }}"
+            assert wait.start_from_trigger and wait.start_trigger_args.trigger_kwargs["version"] == wait.version
+            assert "password" not in str(wait.start_trigger_args.trigger_kwargs).lower()
         params = dag.params
         assert params["prune_keep"] == spec.prune.keep
         assert params.get_param("prune_keep").schema["minimum"] == 1
@@ -73,6 +81,27 @@ def test_one_dag_per_catalogue_image_with_the_pipeline(dagbag):
             assert params.get_param("accelerator").schema["enum"] == ["auto", "kvm", "tcg"]
         else:
             assert "accelerator" not in params
+
+
+def test_publish_emits_the_images_asset_and_a_rollout_example_is_scheduled_on_it(dagbag):
+    from bakery.operators.assets import image_asset
+
+    specs = load_catalogue()
+    assert {d for d in dagbag.dag_ids if d.startswith("rollout_")} == {f"rollout_{n.replace('-', '_')}" for n in specs}
+    for name, spec in specs.items():
+        asset = image_asset(name)
+        assert asset.uri == f"x-bakery://image/{name}"
+        # the task that ends with the version published (and no other) has the image's Asset as its outlet
+        bake = dagbag.dags[f"bake_{name.replace('-', '_')}"]
+        emitter = "wait_replication" if spec.target == "azure" else "publish"
+        assert {t.task_id: t.outlets for t in bake.tasks if t.outlets} == {emitter: [asset]}
+        rollout = dagbag.dags[f"rollout_{name.replace('-', '_')}"]
+        assert list(rollout.timetable.asset_condition.objects) == [asset]  # schedule=[the image's Asset]
+        assert "example" in rollout.tags and "example for your own deployment DAGs" in rollout.doc_md
+        assert rollout.is_paused_upon_creation is True and rollout.max_active_runs == 1
+        (task,) = rollout.tasks
+        assert type(task).__name__ == "RolloutOperator" and task.image == name
+        assert task.execution_timeout.total_seconds() > spec.smoke_test.timeout_seconds
 
 
 def test_azure_smoke_teardown_is_an_airflow_teardown_of_the_smoke_setup(dagbag):
@@ -112,8 +141,9 @@ def test_bad_catalogue_is_an_import_error_naming_the_field(tmp_path, monkeypatch
     bad.write_text((REPO / "include" / "catalogue.yaml").read_text().replace("target: local", "target: nowhere"))
     monkeypatch.setenv("BAKERY_CATALOGUE", str(bad))
     bag = DagBag(dag_folder=str(REPO / "dags"))
-    (err,) = bag.import_errors.values()
+    (err,) = bag.import_errors.values()  # the bake DAGs' file says it; the others make no DAG of it
     assert "image 'debian12-nginx', field 'target': 'nowhere' is not one of 'local'" in err
+    assert not [d for d in bag.dag_ids if d.startswith(("rollout_", "promote_", "rollback_"))]
 
 
 def test_images_with_channels_get_a_promote_and_a_rollback_dag(dagbag):
@@ -131,4 +161,4 @@ def test_images_with_channels_get_a_promote_and_a_rollback_dag(dagbag):
         assert promote.max_active_runs == rollback.max_active_runs == 1
         assert promote.params["version"] == ""  # empty: the newest soaked candidate
         schema = rollback.params.get_param("version").schema
-        assert schema["type"] == ["string"] and "pattern" in schema
+        assert schema["type"] == "string" and "pattern" in schema and schema["maxLength"] == 32

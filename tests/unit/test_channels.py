@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +18,6 @@ from bakery.channels import (
     Actor,
     ChannelError,
     VersionState,
-    apply,
     latest_of,
     pinned_by_channels,
     plan_promote,
@@ -34,6 +34,14 @@ V1, V2, V3, V4 = "2026.1128.200000", "2026.1129.200000", "2026.1130.200000", "20
 def state(version, channel=CANDIDATE, hours_ago=48, excluded=None, **kw):
     return VersionState(version, channel, channel in (CANDIDATE, WITHDRAWN) if excluded is None else excluded,
                         NOW - timedelta(hours=hours_ago), **kw)
+
+
+def apply(states, changes):
+    """The states after ``changes`` (what the targets then write)."""
+    out = {s.version: s for s in states}
+    for c in changes:
+        out[c.version] = replace(out[c.version], channel=c.channel, exclude_from_latest=c.exclude_from_latest)
+    return sorted(out.values(), key=lambda s: [int(p) for p in s.version.split(".")])
 
 
 def actor(by="alice", run="manual__1", at=NOW):
@@ -102,11 +110,11 @@ def test_prune_pins_stable_latest_and_waiting_candidates_not_withdrawn_ones():
 
 
 # ---- the local target ---------------------------------------------------------------------------
-def publish(tmp_path, target, version, *, channel=CANDIDATE, by="scheduler"):
+def publish(tmp_path, target, version, *, channel=CANDIDATE, by="scheduler", image="img"):
     disk = tmp_path / "work" / version / "out.qcow2"
     disk.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
-    rec = BakeRecord(image="img", version=version, target="local", template_digest="sha256:t",
+    rec = BakeRecord(image=image, version=version, target="local", template_digest="sha256:t",
                      dag_run_id=f"scheduled__{version}", run_type="scheduled", packer_run_uuid="u",
                      artifact_id=str(disk), smoke={"passed": True, "seconds": 1.0, "status": 200, "detail": "ok"},
                      extra={"channel": channel, "triggered_by": by})

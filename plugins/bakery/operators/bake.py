@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.branch import BranchMixIn
@@ -9,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from bakery import bake
 from bakery.catalogue import get_image
+from bakery.operators.assets import emit_published
 from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
@@ -284,17 +286,29 @@ def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() == "true"
 
 
+def published(task: BaseOperator, context, rec: BakeRecord) -> dict[str, Any]:
+    """The XCom of a published record; the image's asset event (the task's outlet) carries it. Airflow
+    sends ``context["outlet_events"]`` with the task's success only (the task SDK's
+    ``task_runner._handle_current_task_success``: ``SucceedTask(outlet_events=...)``); a deferral sends
+    none (``DeferTask``), and a resumed task runs ``execute_complete`` with the context whose events its
+    success sends."""
+    emit_published(task, context, rec)
+    return rec.to_dict()
+
+
 class PublishOperator(BaseOperator):
     """Publishes the smoke-tested image as a gallery version (atomic, idempotent).
 
     Locally it publishes in the worker. On Azure it sends the version's PUT (or adopts this run's
-    version, as a retry does), then defers: ``GalleryReplicationTrigger`` follows the replication in
-    the triggerer, holding no worker slot, and ``execute_complete`` resumes the task when it is done,
-    failed or past the catalogue's ``azure.replication.timeout_minutes``: it logs the regions, checks
-    the version, logs the package diff and clears the work folder, or fails saying why.
+    version, as a retry does) and ends: the replication is waited for by the next task,
+    ``ReplicationWaitOperator``, which starts in the triggerer and holds no worker slot meanwhile.
 
     ``record``: the smoke test's XCom (the bake record). ``replace_existing`` (Azure): replace a
-    version of the same number published by another run.
+    version of the same number published by another run. XCom: the record (on Azure its
+    ``published_id`` is set once the wait has seen the version Succeeded). Locally, with the image's
+    Asset among its ``outlets`` (``bakery.operators.assets.image_asset``, as the DAG factory wires it),
+    the event it emits on success carries the published version (``bakery.assets.event_extra``); on
+    Azure ``wait_replication`` emits it. A publish that fails or is skipped emits none.
     """
 
     template_fields = ("record", "replace_existing")
@@ -311,31 +325,74 @@ class PublishOperator(BaseOperator):
         target = make_target(spec)
         try:
             if spec.target != "azure":
-                return bake.publish(rec, self.log.info, target, replace_existing=_flag(self.replace_existing)).to_dict()
+                return published(self, context, bake.publish(rec, self.log.info, target,
+                                                             replace_existing=_flag(self.replace_existing)))
             published_id = target.begin_publish(rec, self.log.info, replace_existing=_flag(self.replace_existing))
         finally:
             close_target(target)
         if published_id is None:
-            self._defer(spec, rec)
-        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+            self.log.info("publish: the version's PUT is sent; wait_replication follows its replication in the "
+                          "triggerer (no worker slot held)")
+        return rec.to_dict()
 
-    def _defer(self, spec, rec: BakeRecord) -> None:
+
+class ReplicationWaitOperator(BaseOperator):
+    """Azure: waits until the version ``publish`` created has replicated to every target region, then
+    finishes the publish (logs the regions, checks the version, logs the package diff, clears the work
+    folder); fails saying why when the replication failed or passed the catalogue's
+    ``azure.replication.timeout_minutes``.
+
+    It starts in the triggerer (``start_from_trigger``): the scheduler hands its
+    ``GalleryReplicationTrigger`` straight to the triggerer, which renders the version from publish's
+    XCom, so no worker slot is taken before or while Azure replicates; a worker runs only
+    ``execute_complete``, once the wait is over. Run by ``dag.test()`` (``airflow dags test``), which
+    runs tasks in-process, ``execute`` defers to the same trigger from the worker instead.
+
+    ``record``: publish's XCom (the bake record).
+    """
+
+    template_fields = ("record", "version")
+    operator_extra_links = PUBLISH_LINKS
+
+    def __init__(self, *, image: str, record: Any, azure: Any, **kwargs):
+        from airflow.triggers.base import StartTriggerArgs
+
+        super().__init__(**kwargs)
+        self.image = image
+        self.record = record  # publish's XComArg
+        # a trigger's arguments are stored as JSON, so the version travels as the template that reads it
+        # from the same XCom as ``record`` (made from the XComArg: no task id is written by hand)
+        # (map_indexes=-1: one XCom by GetXCom, which the triggerer's supervisor serves; without it the pull
+        # asks for a sequence slice, which it does not)
+        version = f"{{{{ ti.xcom_pull(task_ids={record.operator.task_id!r}, map_indexes=-1)['version'] }}}}"
+        self.version = version
+        self.timeout_seconds = float(azure.replication_timeout_minutes) * 60
+        # the trigger's arguments name the connection, never a credential (the trigger table stores them)
+        self.trigger_kwargs = {
+            "conn_id": azure.conn_id, "subscription_id": azure.subscription_id,
+            "gallery": [azure.gallery.resource_group, azure.gallery.name, azure.gallery.image_definition],
+            "deadline": None, "timeout": self.timeout_seconds, "poll_interval": float(azure.replication_poll_seconds),
+        }
+        self.start_from_trigger = True
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls="bakery.triggers.replication.GalleryReplicationTrigger",
+            trigger_kwargs={**self.trigger_kwargs, "version": version},  # version rendered in the triggerer
+            next_method="execute_complete", next_kwargs=None,
+            # Airflow's own timeout only backs the trigger's deadline up (a triggerer that is down)
+            timeout=timedelta(seconds=self.timeout_seconds + 600))
+
+    def execute(self, context) -> None:
         import time
-        from datetime import timedelta
 
         from bakery.triggers.replication import GalleryReplicationTrigger
 
-        cfg = spec.azure
-        timeout = cfg.replication_timeout_minutes * 60
-        self.log.info("publish: the version's PUT is sent; deferring (no worker slot held) while Azure replicates it "
-                      "(deadline %.0fs, status read every %gs)", timeout, cfg.replication_poll_seconds)
-        trigger = GalleryReplicationTrigger(
-            conn_id=cfg.conn_id, subscription_id=cfg.subscription_id,
-            gallery=[cfg.gallery.resource_group, cfg.gallery.name, cfg.gallery.image_definition],
-            version=rec.version, deadline=time.time() + timeout, timeout=timeout,
-            poll_interval=cfg.replication_poll_seconds)
-        # Airflow's own timeout only backs the trigger's deadline up (a triggerer that is down)
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=timeout + 600))
+        rec = BakeRecord.from_dict(_required(self.record, "record", self.task_id))
+        self.log.info("wait_replication: deferring while Azure replicates %s (deadline %.0fs)", rec.version,
+                      self.timeout_seconds)
+        trigger = GalleryReplicationTrigger(**{**self.trigger_kwargs, "version": rec.version,
+                                               "deadline": time.time() + self.timeout_seconds})
+        self.defer(trigger=trigger, method_name="execute_complete",
+                   timeout=timedelta(seconds=self.timeout_seconds + 600))
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict[str, Any]:
         from bakery.targets.azure import AzureTargetError
@@ -346,6 +403,8 @@ class PublishOperator(BaseOperator):
         for r in event.get("regions") or []:
             self.log.info("publish: %s: %s %s%%%s", r["region"], r["state"], r["progress"],
                           f" ({r['details']})" if r.get("details") else "")
+        if event.get("version") not in (None, rec.version):
+            raise AzureTargetError(f"publish: the trigger followed {event.get('version')}, not {rec.version}")
         if event.get("status") != "succeeded":
             raise AzureTargetError(f"publish: {event.get('message') or event}")
         target = make_target(_spec(rec.image))
@@ -353,7 +412,7 @@ class PublishOperator(BaseOperator):
             published_id = target.finish_publish(rec, self.log.info, event)
         finally:
             close_target(target)
-        return bake.done_publishing(rec, published_id, self.log.info).to_dict()
+        return published(self, context, bake.done_publishing(rec, published_id, self.log.info))
 
 
 class PruneOperator(BaseOperator):

@@ -79,6 +79,12 @@ class Target(Protocol):
         """What the target recorded of a published version (local: metadata.json; Azure: the
         version's tags), or None if there is no such version."""
 
+    def canary(self, image: str, version: str, check: SmokeCheck, log: Log) -> SmokeResult | None:
+        """Boot the published ``version`` once more and run ``check`` against it, never modifying
+        what is published (a rollout's canary). None: the target boots no canary (Azure: a VM per
+        rollout is the deployment's own business)."""
+        return None
+
     def manifest(self, image: str, version: str) -> Any:
         """The package manifest (``bakery.packages.manifest.Manifest``) of a published version,
         or None where the target has none for it."""

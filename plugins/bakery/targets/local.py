@@ -180,13 +180,36 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             return self._smoke_test(record, check, log)
 
     def _smoke_test(self, record: BakeRecord, check: SmokeCheck, log: Log) -> SmokeResult:
-        from bakery.qemu import QemuVM
-
         disk = Path(record.artifact_id or "")
         if not disk.is_file():
             raise GalleryError(f"smoke test: the built disk {disk} does not exist")
+        return self._boot_check(disk, check, log, accelerator=record.extra.get("accelerator"),
+                                name=f"bakery-smoke-{record.image}-{record.version}",
+                                serial_log=disk.parent / "smoke-serial.log")
+
+    def canary(self, image: str, version: str, check: SmokeCheck, log: Log) -> SmokeResult:
+        """Boot the published disk of ``version`` read-only (``-snapshot``; its checksum is compared
+        before and after) with ``check``. Not under the image lock: prune never removes the highest
+        version, and a version it removes meanwhile fails the canary saying so."""
+        parse_version(version)  # a version number, never a path
+        disk = self._image_dir(image) / version / DISK_NAME
+        if not disk.is_file():
+            raise GalleryError(f"canary: {image} {version} has no published disk at {disk}")
+        try:
+            return self._boot_check(disk, check, log, accelerator=None, name=f"bakery-canary-{image}-{version}")
+        except FileNotFoundError:
+            if disk.is_file():
+                raise
+            raise GalleryError(f"canary: {image} {version} was removed from the gallery while the canary booted it "
+                               f"({disk})") from None
+
+    def _boot_check(self, disk: Path, check: SmokeCheck, log: Log, *, accelerator: str | None, name: str,
+                    serial_log: Path | None = None) -> SmokeResult:
+        """Boot ``disk`` read-only and poll ``check`` until it passes or its deadline; the VM is always
+        stopped, and a disk that changed meanwhile fails the check."""
+        from bakery.qemu import QemuVM
+
         before = sha256_file(disk)
-        serial_log = disk.parent / "smoke-serial.log"
         log(f"booting {disk} read-only (-snapshot) to check http://<vm>:{check.port}{check.path}")
         started = time.monotonic()
         with QemuVM(
@@ -195,18 +218,18 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             memory_mb=self.vm_memory_mb,
             cpus=self.vm_cpus,
             serial_log=serial_log,
-            accelerator=record.extra.get("accelerator"),
+            accelerator=accelerator,  # None: detected
             isolated=True,  # the guest cannot reach out; the port forward still works
-            name=f"bakery-smoke-{record.image}-{record.version}",
+            name=name,
         ) as vm:
             url = f"http://127.0.0.1:{vm.host_port}{check.path}"
             result = poll_http(url, check, log=log, started=started, alive=vm.is_running)
+            tail = "" if result.passed else vm.serial_tail(15)
         after = sha256_file(disk)
         if after != before:
-            return SmokeResult(False, result.seconds, result.status, f"the disk changed during the smoke test ({before} -> {after})")
-        if not result.passed and serial_log.exists():
-            tail = serial_log.read_text(errors="replace").splitlines()[-15:]
-            log("last lines of the VM's serial console:\n" + "\n".join(tail))
+            return SmokeResult(False, result.seconds, result.status, f"the disk changed during the check ({before} -> {after})")
+        if tail:
+            log("last lines of the VM's serial console:\n" + tail)
         return result
 
     # ---- gallery ----------------------------------------------------------------------------
@@ -327,15 +350,18 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             if not history_only:
                 data["versions"][c.version] = {"channel": c.channel, "exclude_from_latest": c.exclude_from_latest}
             data["history"].append(c.to_dict())
-        self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
-        _fsync_dir(image_dir)
+        self._write_channels(image_dir, data)
 
     def _forget_channels(self, image_dir: Path, versions: list[str]) -> None:
         """With the image lock held: versions deleted (prune) or replaced lose their channel entry (a
         version of the same number published again starts from its own publish); the history stays."""
         data = self._read_channels(image_dir)
         if any(data["versions"].pop(v, None) is not None for v in list(versions)):
-            self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            self._write_channels(image_dir, data)
+
+    def _write_channels(self, image_dir: Path, data: dict) -> None:
+        self._write(image_dir / CHANNELS_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _fsync_dir(image_dir)
 
     def channel_states(self, image: str) -> list[VersionState]:
         return self._states(self._image_dir(image))
@@ -361,8 +387,7 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
                 self._record_changes(image_dir, changes)
                 latest = self._update_latest(image_dir)
                 for c in changes:
-                    log(f"{image} {c.version}: {c.channel}{' (excluded from latest)' if c.exclude_from_latest else ''}"
-                        f" - {c.reason} (by {c.by}, run {c.run_id or '-'})")
+                    log(f"{image} {c.line()}")
                 log(f"{image}: stable -> {self._link(image_dir, 'stable') or '(none)'}, latest -> {latest or '(none)'}")
             return changes
 

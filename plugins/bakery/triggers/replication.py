@@ -18,11 +18,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 class GalleryReplicationTrigger(BaseTrigger):
     """Follow ``version`` of ``gallery`` (resource group, gallery, image definition) every
     ``poll_interval`` seconds until it is Succeeded, Failed, or ``deadline`` (seconds since the
-    epoch) passes; one event with the outcome (``status`` succeeded / failed / deadline / error, the
-    state per region, a message)."""
+    epoch; None: ``timeout`` seconds after the wait starts) passes; one event with the outcome (``status``
+    succeeded / failed / deadline / error, the state per region, a message).
+
+    ``version`` may be a template (``ReplicationWaitOperator`` starts it from the triggerer, which renders
+    it from publish's XCom before ``run``)."""
 
     def __init__(self, *, conn_id: str, subscription_id: str | None, gallery: list[str] | tuple[str, ...],
-                 version: str, deadline: float, timeout: float, poll_interval: float = 30.0) -> None:
+                 version: str, deadline: float | None, timeout: float, poll_interval: float = 30.0) -> None:
         super().__init__()
         self.conn_id = conn_id
         self.subscription_id = subscription_id
@@ -44,6 +47,10 @@ class GalleryReplicationTrigger(BaseTrigger):
         from bakery.targets.azure.common import error_text
         from bakery.targets.azure.replication import follow_replication
 
+        import time
+
+        if self.deadline is None:
+            self.deadline = time.time() + self.timeout
         self.log.info("publish: waiting in the triggerer for %s/%s/%s to replicate (no worker held)",
                       self.gallery[1], self.gallery[2], self.version)
         try:

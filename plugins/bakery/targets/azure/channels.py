@@ -11,7 +11,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from bakery.channels import Change, VersionState
+from bakery.catalogue import normalize_region
+from bakery.channels import Change, VersionState, latest_of, stable_of
 from bakery.targets.azure.common import (
     CHANNEL_TAGS,
     TAG_CHANNEL,
@@ -70,12 +71,9 @@ class ChannelSteps(AzureBase):
                 raise AzureTargetError(f"could not write the channel of {g_name}/{g_def}/{c.version} "
                                        f"({c.channel}, excludeFromLatest={c.exclude_from_latest}): {error_text(exc)}. "
                                        "Changes written before it stay; run the DAG again") from exc
-            log(f"{image} {c.version}: {c.channel}{' (excluded from latest)' if c.exclude_from_latest else ''}"
-                f" - {c.reason} (by {c.by}, run {c.run_id or '-'})")
+            log(f"{image} {c.line()}")
         if changes:
             self._append_history(image, changes, log)
-            from bakery.channels import latest_of, stable_of
-
             states = self.channel_states(image)
             log(f"{image}: stable -> {stable_of(states) or '(none)'}, latest -> {latest_of(states) or '(none)'}")
         return changes
@@ -140,8 +138,8 @@ class ChannelSteps(AzureBase):
         problems = []
         if reading.state.lower() != "succeeded":
             problems.append(f"provisioning state {reading.state}")
-        wanted = {r.name.replace(" ", "").lower() for r in self.cfg.regions()}
-        done = {r.region.replace(" ", "").lower() for r in reading.regions if r.state.lower() == "completed"}
+        wanted = {normalize_region(r.name) for r in self.cfg.regions()}
+        done = {normalize_region(r.region) for r in reading.regions if r.state.lower() == "completed"}
         if wanted - done:
             states = ", ".join(f"{r.region}: {r.state} {r.progress}%" for r in reading.regions) or "no status"
             problems.append(f"not replicated to {', '.join(sorted(wanted - done))} ({states})")

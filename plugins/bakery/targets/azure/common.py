@@ -62,6 +62,29 @@ def status_of(exc: BaseException) -> int | None:
     return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
 
 
+def retry_throttled(call: Callable[[], Any], *, deadline_seconds: float = 1800.0,
+                    sleep: Callable[[float], None] | None = None) -> Any:
+    """``call()``, again after ARM's ``Retry-After`` while it answers 429 beyond the SDK's own retries
+    (a prune of hundreds of versions meets the subscription's write limits), for at most
+    ``deadline_seconds``; then the 429 is raised."""
+    import time
+
+    sleep = sleep or time.sleep
+    give_up = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if status_of(exc) != 429 or time.monotonic() > give_up:
+                raise
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            try:
+                wait = float(headers.get("Retry-After") or 1)
+            except ValueError:
+                wait = 1.0
+            sleep(min(max(wait, 0.0), 60.0))
+
+
 def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ResourceNotFoundError) or status_of(exc) == 404
 
@@ -244,7 +267,8 @@ class AzureBase:
     def _delete_version(self, version: str) -> None:
         g_rg, g_name, g_def = self._gallery()
         try:
-            self.az.compute.gallery_image_versions.begin_delete(g_rg, g_name, g_def, version).result()
+            retry_throttled(lambda: self.az.compute.gallery_image_versions.begin_delete(
+                g_rg, g_name, g_def, version)).result()
         except Exception as exc:
             if not is_not_found(exc):
                 raise AzureTargetError(f"could not delete gallery image version {g_name}/{g_def}/{version}: "

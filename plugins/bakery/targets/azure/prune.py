@@ -32,7 +32,7 @@ from bakery.targets.azure.common import (
 from bakery.targets.base import Log
 from bakery.versioning import version_key
 
-PRUNE_CONCURRENCY = 4
+PRUNE_CONCURRENCY = 4  # managed image deletes in flight at once (versions: the catalogue's azure.prune.concurrency)
 
 
 @dataclass
@@ -183,7 +183,10 @@ class PruneSteps(AzureBase):
             self._delete_version(f.name)
             return f.name
 
-        for name, error in self._bounded(delete_version, doomed):
+        workers = int(getattr(self.cfg, "prune_concurrency", PRUNE_CONCURRENCY))
+        if doomed:
+            log(f"prune {image}: deleting {len(doomed)} version(s), at most {min(workers, len(doomed))} at a time")
+        for name, error in self._bounded(delete_version, doomed, workers):
             if error is None:
                 deleted.append(name)
                 log(f"prune {image}: deleted version {name}")
@@ -207,12 +210,13 @@ class PruneSteps(AzureBase):
             raise AzureTargetError(f"prune {image}: some deletions failed:\n  - " + "\n  - ".join(failures))
         return deleted
 
-    def _bounded(self, fn: Callable[[Any], str], items: list[Any]) -> list[tuple[str, str | None]]:
-        """Run ``fn`` on every item, at most PRUNE_CONCURRENCY at a time: [(label, error or None)]."""
+    def _bounded(self, fn: Callable[[Any], str], items: list[Any],
+                 workers: int = PRUNE_CONCURRENCY) -> list[tuple[str, str | None]]:
+        """Run ``fn`` on every item, at most ``workers`` at a time: [(label, error or None)]."""
         if not items:
             return []
         results: list[tuple[str, str | None]] = []
-        with ThreadPoolExecutor(max_workers=min(PRUNE_CONCURRENCY, len(items)),
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)),
                                 thread_name_prefix="bakery-prune") as pool:
             futures = [(item, pool.submit(fn, item)) for item in items]
             for item, fut in futures:
