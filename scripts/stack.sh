@@ -2,13 +2,15 @@
 # Bring the production stack (docker-compose.yaml: CeleryExecutor, PostgreSQL, Redis, the bakery
 # image with Packer + QEMU) up or down, with Docker Compose or Podman.
 #
+#   scripts/stack.sh secrets   make the secret files docker-compose.yaml mounts (once; random values,
+#                              in $BAKERY_SECRETS_DIR, default ./secrets, a 0700 folder)
 #   scripts/stack.sh up        build the bakery image, put the VM base image into the bakery volume,
 #                              start everything, wait until every healthcheck passes
 #   scripts/stack.sh down      stop and remove the containers (volumes are kept)
 #   scripts/stack.sh ps        what runs
 #
-# Needs an `.env` beside docker-compose.yaml (cp docker/.env.example .env, fill in the secrets;
-# compose refuses to start without them). Engine: `docker compose` if a Docker daemon answers,
+# Needs the secret files (`stack.sh secrets`); an `.env` beside docker-compose.yaml is optional
+# (settings with defaults: docker/.env.example). Engine: `docker compose` if a Docker daemon answers,
 # else Podman (`podman-compose`, with docker/containers.conf: the runc runtime and ulimits that
 # Debian 12 hosts of this kind need); force one with BAKERY_COMPOSE=docker|podman.
 # The images are the real ones (apache/airflow, postgres, redis) pulled from their registry.
@@ -22,6 +24,51 @@ cd "$REPO_ROOT"
 action="${1:-up}"
 project="${COMPOSE_PROJECT_NAME:-image-bakery}"
 log() { printf '[stack] %s\n' "$*" >&2; }
+
+# Compose resolves the secrets' files from here (absolute: podman wants absolute bind-mount sources)
+BAKERY_SECRETS_DIR="$(realpath -m "${BAKERY_SECRETS_DIR:-$REPO_ROOT/secrets}")"
+export BAKERY_SECRETS_DIR
+SECRETS=(postgres_password airflow_db_url airflow_result_backend airflow_fernet_key airflow_jwt_secret
+         airflow_api_secret_key airflow_admin_password)
+
+make_secrets() {
+  # Random values written straight to files by Python (never on a command line, never printed); a
+  # file that exists is kept (the Fernet key above all: what it encrypted cannot be read without it).
+  # The folder is 0700; the files 0444 so that the containers' users read them through their mounts.
+  install -d -m 0700 "$BAKERY_SECRETS_DIR"
+  python3 - "$BAKERY_SECRETS_DIR" <<'PY'
+import base64, os, secrets, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+def keep_or(name, make):
+    f = d / name
+    if not f.exists():
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(make() + "\n")
+        tmp.chmod(0o444)
+        tmp.rename(f)
+    return f.read_text().strip()
+pw = keep_or("postgres_password", lambda: secrets.token_hex(24))  # URL-safe: it goes into two URLs
+keep_or("airflow_db_url", lambda: f"postgresql+psycopg2://airflow:{pw}@postgres/airflow")
+keep_or("airflow_result_backend", lambda: f"db+postgresql+psycopg2://airflow:{pw}@postgres/airflow")
+keep_or("airflow_fernet_key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
+keep_or("airflow_jwt_secret", lambda: secrets.token_hex(32))
+keep_or("airflow_api_secret_key", lambda: secrets.token_hex(32))
+keep_or("airflow_admin_password", lambda: secrets.token_urlsafe(18))
+PY
+  log "secrets in $BAKERY_SECRETS_DIR: ${SECRETS[*]}"
+}
+
+check_secrets() {
+  local name missing=()
+  for name in "${SECRETS[@]}"; do [ -s "$BAKERY_SECRETS_DIR/$name" ] || missing+=("$name"); done
+  [ "${#missing[@]}" = 0 ] || { echo "stack.sh: missing secret files in $BAKERY_SECRETS_DIR: ${missing[*]} (run: scripts/stack.sh secrets)" >&2; exit 1; }
+}
+
+if [ "$action" = secrets ]; then
+  make_secrets
+  exit 0
+fi
 
 engine="${BAKERY_COMPOSE:-}"
 if [ -z "$engine" ]; then
@@ -87,7 +134,7 @@ seed_base_image() {
 
 case "$action" in
   up)
-    [ -f .env ] || { echo "stack.sh: no .env: cp docker/.env.example .env && chmod 600 .env, then fill in the secrets" >&2; exit 1; }
+    check_secrets
     log "engine: $engine; building the bakery image"
     compose build airflow-init
     log "the VM base image into the bakery volume"
@@ -99,9 +146,9 @@ case "$action" in
     [ "$rc" = 0 ] || { $ctl logs --tail 60 "$(container airflow-init)" >&2; echo "stack.sh: airflow-init failed ($rc)" >&2; exit 1; }
     compose up -d --no-build airflow-apiserver airflow-scheduler airflow-dag-processor airflow-worker airflow-triggerer
     wait_healthy airflow-apiserver airflow-scheduler airflow-dag-processor airflow-worker airflow-triggerer
-    log "up: http://${AIRFLOW_API_BIND_ADDRESS:-0.0.0.0}:${AIRFLOW_API_PORT:-8080} (user ${AIRFLOW_ADMIN_USERNAME:-admin}, password from .env)"
+    log "up: http://${AIRFLOW_API_BIND_ADDRESS:-0.0.0.0}:${AIRFLOW_API_PORT:-8080} (user ${AIRFLOW_ADMIN_USERNAME:-admin}, password in $BAKERY_SECRETS_DIR/airflow_admin_password)"
     ;;
   down) compose down ;;
   ps) compose ps ;;
-  *) echo "usage: stack.sh up|down|ps" >&2; exit 2 ;;
+  *) echo "usage: stack.sh secrets|up|down|ps" >&2; exit 2 ;;
 esac

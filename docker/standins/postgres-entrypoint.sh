@@ -1,12 +1,17 @@
 #!/bin/bash
 # Stand-in for the official postgres image's entrypoint: first start initialises the cluster in
-# $PGDATA with POSTGRES_USER (superuser, password POSTGRES_PASSWORD, scram-sha-256 over TCP) and
+# $PGDATA with POSTGRES_USER (superuser, password POSTGRES_PASSWORD or the file POSTGRES_PASSWORD_FILE,
+# scram-sha-256 over TCP) and
 # creates POSTGRES_DB; then runs the server as the postgres user in the foreground.
 set -euo pipefail
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 : "${PGDATA:=/var/lib/postgresql/data}"
-[ -n "${POSTGRES_PASSWORD:-}" ] || { echo "postgres: POSTGRES_PASSWORD is empty; refusing to start" >&2; exit 1; }
+# POSTGRES_PASSWORD_FILE (a Compose secret) as the official image reads it, else POSTGRES_PASSWORD
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
+[ -n "${POSTGRES_PASSWORD:-}" ] || { echo "postgres: POSTGRES_PASSWORD (or the file POSTGRES_PASSWORD_FILE) is empty; refusing to start" >&2; exit 1; }
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
 

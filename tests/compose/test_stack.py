@@ -10,10 +10,11 @@ ulimits within the host's hard limits). Every name carries one random prefix (co
 volumes, images), and the teardown removes all of it; the last test asserts that nothing of it is
 left (`podman ps -a`, `podman volume ls`, `podman network ls`, `podman images`).
 
-The secrets the compose file requires are generated here and given to podman-compose in its
-environment (never on its command line, never in a file of the repository). podman-compose 1.0.3
-echoes each `podman run` it makes, with `-e KEY=value`: its output goes to a private log (0600, in a
-0700 folder) that the teardown deletes.
+The secrets the compose file requires are generated here as the files its `secrets` name (in a
+0700 folder of the test, BAKERY_SECRETS_DIR), as `scripts/stack.sh secrets` makes them; no secret is
+in podman-compose's environment, in a container's environment or on any command line: a sampler reads
+every process's command line every 0.2 s from the image build to the teardown, and every container's
+environment is inspected (test_no_secret_on_a_command_line_or_in_an_environment).
 
 Debian's podman-compose 1.0.3 does not wait for `depends_on` conditions, and without systemd podman
 runs no healthcheck timers: the stack is brought up in the order the conditions describe (postgres
@@ -74,26 +75,28 @@ class Stack:
         self.log_path = self.private / "compose.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_password = secrets.token_urlsafe(18)
-        from cryptography.fernet import Fernet
-
+        self.secrets_dir = self.private / "secrets"
+        made = subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "secrets"], capture_output=True, text=True,
+                              env={**os.environ, "BAKERY_SECRETS_DIR": str(self.secrets_dir)}, timeout=120)
+        assert made.returncode == 0, f"stack.sh secrets failed:\n{made.stderr[-2000:]}"
+        values = {f.name: f.read_text().strip() for f in self.secrets_dir.iterdir()}
+        self.admin_password = values["airflow_admin_password"]
+        # what must appear nowhere: each secret, and the password inside the two URLs
+        self.secret_values = sorted(values.values())
         self.env = {
             **os.environ,
             "CONTAINERS_CONF": str(CONTAINERS_CONF),
             # podman build keeps no intermediate images: the images of this test are the named ones
             "BUILDAH_LAYERS": "false",
-            "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
-            "POSTGRES_PASSWORD": secrets.token_hex(24),
-            "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
-            "AIRFLOW_JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW_API_SECRET_KEY": secrets.token_hex(32),
+            "BAKERY_SECRETS_DIR": str(self.secrets_dir),
             "AIRFLOW_IMAGE_NAME": f"localhost/{PREFIX}-airflow:3.3.2",
             "AIRFLOW_API_BIND_ADDRESS": "127.0.0.1",
             "AIRFLOW_API_PORT": str(self.port),
         }
-        self.secret_values = [self.env[k] for k in ("AIRFLOW_FERNET_KEY", "POSTGRES_PASSWORD",
-                                                    "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
-                                                    "AIRFLOW_API_SECRET_KEY")]
+        self.leaks: list[str] = []  # (process, secret name) seen on a command line
+        self.cmdline_sweeps = 0
+        self._watching = threading.Event()
+        threading.Thread(target=self._watch_command_lines, daemon=True).start()
         self.images: list[str] = []
         self.images_before = set(self.podman("images", "-a", "-q", "--no-trunc").stdout.split())
         self.token: str | None = None
@@ -191,6 +194,19 @@ class Stack:
         assert not pending, "not healthy: " + ", ".join(
             f"{s}\n{self.logs(s)}" for s in pending)
 
+    def _watch_command_lines(self) -> None:
+        """Every 0.2 s until the teardown ends: no process's command line holds a secret value."""
+        import psutil
+
+        while not self._watching.is_set():
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                line = "\0".join(p.info["cmdline"] or [])
+                for value in self.secret_values:
+                    if value in line:
+                        self.leaks.append(f"pid {p.pid} {(p.info['cmdline'] or ['?'])[0]}")
+            self.cmdline_sweeps += 1
+            self._watching.wait(0.2)
+
     def _sample_memory(self) -> None:
         """Every 10 s, the sum of the stack's containers' memory (`podman stats`); errors are kept
         (a sampler that fails must say so, not report nothing)."""
@@ -223,6 +239,7 @@ class Stack:
                     self.podman(kind, "rm", "-f", name, check=False)
         for image in reversed(self.images):
             self.podman("rmi", "-f", image, check=False)
+        self._watching.set()
         shutil.rmtree(self.private, ignore_errors=True)
 
     # ---- the REST API ---------------------------------------------------------------------
@@ -402,6 +419,25 @@ def test_triggerer_runs_with_the_bakery_plugins(stack: Stack):
     plugins = stack.podman("exec", name, "airflow", "plugins", "--output", "json", check=False)
     assert plugins.returncode == 0, plugins.stderr[-2000:]
     assert any(p.get("name") == "image_bakery" for p in json.loads(plugins.stdout)), plugins.stdout[:2000]
+
+
+def test_no_secret_on_a_command_line_or_in_an_environment(stack: Stack):
+    """The stack's secrets are files (Compose secrets): none of them was on any process's command
+    line since the images were built (podman-compose echoes and runs `podman create` with every
+    `environment` entry as `-e KEY=value`), none is in a container's environment or in
+    podman-compose's log, and the containers read them: Airflow answered (its DB URL, JWT secret and
+    Fernet key came from /run/secrets) and the admin signed in with the password from the file."""
+    assert stack.cmdline_sweeps > 100, stack.cmdline_sweeps  # the watcher really ran
+    assert not stack.leaks, f"secrets on command lines: {sorted(set(stack.leaks))[:10]}"
+    for service in ["postgres", "redis", "airflow-init", *SERVICES_REST]:
+        env = stack.podman("inspect", "--format", "{{json .Config.Env}}", stack.container(service)).stdout
+        assert not [v for v in stack.secret_values if v in env], f"a secret in the environment of {service}"
+        assert "_CMD=cat /run/secrets/" in env or service in ("postgres", "redis"), (service, env[:300])
+    log = stack.log_path.read_text(errors="replace")
+    assert not [v for v in stack.secret_values if v in log], "a secret in podman-compose's output"
+    assert stack.token  # login() signed in with the admin password read from its secret file
+    mode = stack.secrets_dir.stat().st_mode & 0o777
+    assert mode == 0o700, oct(mode)
 
 
 @pytest.mark.guarantee("compose-nothing-left")
