@@ -1,11 +1,13 @@
 """docker-compose.yaml run for real: images built, the stack brought up with podman-compose, a bake
 executed by the Celery worker container, the gallery volume read, a second (unchanged) run that only
-prunes, the triggerer's plugins, and nothing left behind.
+prunes, a task deferred to the bakery's trigger in the triggerer container and resumed on the worker,
+no secret on a command line or in an environment, and nothing left behind.
 
 No registry is reachable on the test machines, so the three base images are local stand-ins built
 from Debian packages (scripts/build-standins.sh: one mmdebstrap root filesystem, three `podman
 build` layers); the bakery image itself is built from docker/Dockerfile by podman-compose, with the
-stand-in as its AIRFLOW_BASE_IMAGE. Podman runs with the project's docker/containers.conf (runc,
+stand-in as its AIRFLOW_BASE_IMAGE. One override file of the test swaps ./dags for a copy of it plus one
+check DAG (CHECK_DAG_FILE); everything else is docker-compose.yaml as users run it. Podman runs with the project's docker/containers.conf (runc,
 ulimits within the host's hard limits). Every name carries one random prefix (containers, network,
 volumes, images), and the teardown removes all of it; the last test asserts that nothing of it is
 left (`podman ps -a`, `podman volume ls`, `podman network ls`, `podman images`).
@@ -52,6 +54,32 @@ PREFIX = f"bkc{secrets.token_hex(4)}"  # this session's stack: project, network,
 SERVICES_INIT_FIRST = ["postgres", "redis"]
 SERVICES_REST = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
                  "airflow-triggerer"]
+CHECK_DAG = "compose_check_deferral"
+# A DAG of the test's, beside the repository's DAGs: its task defers to the bakery's own trigger,
+# which the triggerer container must import from the plugins folder and run; the trigger cannot reach
+# Azure here (the connection does not exist), so it yields its "error" event at once and the task
+# resumes on the worker with it. execute_complete is only ever called with a trigger's event.
+CHECK_DAG_FILE = f"""
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, BaseOperator
+
+
+class DeferToTheBakeryTrigger(BaseOperator):
+    def execute(self, context):
+        from bakery.triggers.replication import GalleryReplicationTrigger
+
+        self.defer(trigger=GalleryReplicationTrigger(
+            conn_id="compose_check_no_such_connection", subscription_id=None, gallery=["rg", "gallery", "image"],
+            version="2026.0101.000000", deadline=None, timeout=120, poll_interval=5), method_name="resumed")
+
+    def resumed(self, context, event):
+        return event
+
+
+with DAG("{CHECK_DAG}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False):
+    DeferToTheBakeryTrigger(task_id="defer")
+"""
 
 pytestmark = [
     pytest.mark.compose,
@@ -93,6 +121,16 @@ class Stack:
             "AIRFLOW_API_BIND_ADDRESS": "127.0.0.1",
             "AIRFLOW_API_PORT": str(self.port),
         }
+        # the stack's DAGs folder: the repository's DAG files plus the check DAG, swapped in for ./dags by
+        # an override file (compose merges `volumes` by target); everything else is docker-compose.yaml
+        self.dags = self.private / "dags"
+        self.dags.mkdir(mode=0o755)
+        for f in (REPO / "dags").glob("*.py"):
+            shutil.copyfile(f, self.dags / f.name)
+        (self.dags / f"{CHECK_DAG}.py").write_text(CHECK_DAG_FILE)
+        self.override = self.private / "compose.test.yaml"
+        mount = {"volumes": [f"{self.dags}:/opt/airflow/dags:ro"]}
+        self.override.write_text(json.dumps({"services": {name: mount for name in SERVICES_REST}}))
         self.leaks: list[str] = []  # (process, secret name) seen on a command line
         self.cmdline_sweeps = 0
         self._watching = threading.Event()
@@ -117,6 +155,7 @@ class Stack:
             log.write(f"\n### podman-compose {' '.join(args)}\n")
             log.flush()
             proc = subprocess.run(["nice", "-n", "19", "podman-compose", "-p", self.project, "-f", str(COMPOSE_FILE),
+                                   "-f", str(self.override),
                                    *args], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
                                   timeout=timeout)
         if proc.returncode != 0:
@@ -406,17 +445,41 @@ def test_bake_runs_on_the_celery_worker_and_publishes_to_the_gallery_volume(stac
     assert versions == [meta["version"]], versions  # the unchanged run published nothing
 
 
-def test_triggerer_runs_with_the_bakery_plugins(stack: Stack):
-    """The triggerer container resolves our triggers the way the triggerer does (Airflow puts the
-    plugins folder on sys.path, then the trigger's classpath is imported) and lists our plugin; its
-    job is alive (its healthcheck passed). No local-target task defers yet (only the Azure publish
-    does), so no deferred task is resumed here."""
-    name = stack.container("airflow-triggerer")
-    proc = stack.podman("exec", name, "python", "-c",
-                        "import airflow; from bakery.triggers.replication import GalleryReplicationTrigger as T; "
-                        "print(T.__module__)", check=False)
-    assert proc.returncode == 0 and "bakery.triggers.replication" in proc.stdout, proc.stderr[-2000:]
-    plugins = stack.podman("exec", name, "airflow", "plugins", "--output", "json", check=False)
+def test_a_task_defers_to_the_bakery_trigger_and_resumes_on_the_worker(stack: Stack):
+    """The triggerer container runs the bakery's own trigger (imported from the plugins folder) for a
+    deferred task, and the task resumes on the Celery worker with the trigger's event; the triggerer
+    also lists our plugin."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            stack.request("GET", f"/api/v2/dags/{CHECK_DAG}")
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, f"{CHECK_DAG} not parsed:\n{stack.logs('airflow-dag-processor')}"
+            time.sleep(5)
+    stack.request("PATCH", f"/api/v2/dags/{CHECK_DAG}", {"is_paused": False})
+    run_id = stack.request("POST", f"/api/v2/dags/{CHECK_DAG}/dagRuns", {"logical_date": None})["dag_run_id"]
+    path = f"/api/v2/dags/{CHECK_DAG}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    states: list[str] = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        ti = stack.request("GET", path + "/taskInstances/defer")
+        if not states or states[-1] != ti["state"]:
+            states.append(ti["state"])
+        if ti["state"] in ("success", "failed", "upstream_failed"):
+            break
+        time.sleep(1)
+    assert ti["state"] == "success", (states, stack.logs("airflow-triggerer"), stack.logs("airflow-worker"))
+    event = stack.request("GET", path + "/taskInstances/defer/xcomEntries/return_value?deserialize=true")["value"]
+    # made by GalleryReplicationTrigger.run in the triggerer (the connection lookup failed there)
+    assert isinstance(event, dict) and event.get("status") == "error", event
+    assert "could not be followed" in event["message"] and "compose_check_no_such_connection" in event["message"], event
+    worker_host = stack.podman("inspect", "--format", "{{.Config.Hostname}}",
+                               stack.container("airflow-worker")).stdout.strip()
+    assert ti["hostname"] == worker_host, (ti["hostname"], worker_host)
+    _figure("deferred task: states seen", " -> ".join(states))
+    plugins = stack.podman("exec", stack.container("airflow-triggerer"), "airflow", "plugins", "--output", "json",
+                           check=False)
     assert plugins.returncode == 0, plugins.stderr[-2000:]
     assert any(p.get("name") == "image_bakery" for p in json.loads(plugins.stdout)), plugins.stdout[:2000]
 
