@@ -34,7 +34,8 @@ SECRETS=(postgres_password airflow_db_url airflow_result_backend airflow_fernet_
 make_secrets() {
   # Random values written straight to files by Python (never on a command line, never printed); a
   # file that exists is kept (the Fernet key above all: what it encrypted cannot be read without it).
-  # The folder is 0700; the files 0444 so that the containers' users read them through their mounts.
+  # The folder is 0700; the files 0444 so that the containers' users read them through their mounts,
+  # without a trailing newline (Airflow uses the output of a *_CMD option as it is).
   install -d -m 0700 "$BAKERY_SECRETS_DIR"
   python3 - "$BAKERY_SECRETS_DIR" <<'PY'
 import base64, os, secrets, sys
@@ -44,7 +45,7 @@ def keep_or(name, make):
     f = d / name
     if not f.exists():
         tmp = d / f".{name}.tmp"
-        tmp.write_text(make() + "\n")
+        tmp.write_text(make())  # no newline: Airflow uses a *_CMD's output as it is
         tmp.chmod(0o444)
         tmp.rename(f)
     return f.read_text().strip()
@@ -63,6 +64,12 @@ check_secrets() {
   local name missing=()
   for name in "${SECRETS[@]}"; do [ -s "$BAKERY_SECRETS_DIR/$name" ] || missing+=("$name"); done
   [ "${#missing[@]}" = 0 ] || { echo "stack.sh: missing secret files in $BAKERY_SECRETS_DIR: ${missing[*]} (run: scripts/stack.sh secrets)" >&2; exit 1; }
+  for name in "${SECRETS[@]}"; do
+    # Airflow takes the output of `cat /run/secrets/<name>` as it is: a trailing newline would end up
+    # in the database URL or the key
+    [ "$(tail -c 1 "$BAKERY_SECRETS_DIR/$name" | od -An -c | tr -d ' ')" != '\n' ] ||
+      { echo "stack.sh: $BAKERY_SECRETS_DIR/$name ends with a newline; write it without one (printf '%s' ...)" >&2; exit 1; }
+  done
 }
 
 if [ "$action" = secrets ]; then
