@@ -477,7 +477,7 @@ def test_a_task_defers_to_the_bakery_trigger_and_resumes_on_the_worker(stack: St
     worker_host = stack.podman("inspect", "--format", "{{.Config.Hostname}}",
                                stack.container("airflow-worker")).stdout.strip()
     assert ti["hostname"] == worker_host, (ti["hostname"], worker_host)
-    _figure("deferred task: states seen", " -> ".join(states))
+    _figure("deferred task: states seen", " -> ".join(str(s) for s in states))
     plugins = stack.podman("exec", stack.container("airflow-triggerer"), "airflow", "plugins", "--output", "json",
                            check=False)
     assert plugins.returncode == 0, plugins.stderr[-2000:]
