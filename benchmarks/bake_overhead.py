@@ -22,31 +22,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "plugins"))
+sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "benchmarks")]
 
 
 def quiet(_line: str) -> None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def boot_to_http(disk: Path, check, memory_mb: int, cpus: int, accelerator: str, tmp: Path) -> float:
-    """Seconds from starting QEMU on ``disk`` (read-only, -snapshot) to the expected HTTP answer."""
+    """Seconds from starting QEMU on ``disk`` (read-only, -snapshot) to the expected HTTP answer, polled
+    the way the smoke test polls (``bakery.http_check.poll_http``)."""
+    from bakery.http_check import poll_http
+
+    from tests.airflow_stack import free_port
+
     port = free_port()
     argv = ["qemu-system-x86_64", "-machine", f"pc,accel={accelerator}", "-m", str(memory_mb), "-smp", str(cpus),
             "-display", "none", "-monitor", "none", "-snapshot",
@@ -56,17 +53,11 @@ def boot_to_http(disk: Path, check, memory_mb: int, cpus: int, accelerator: str,
     t0 = time.monotonic()
     vm = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
     try:
-        while time.monotonic() - t0 < check.timeout_seconds:
-            if vm.poll() is not None:
-                raise SystemExit(f"QEMU exited ({vm.returncode}) before answering")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{check.path}", timeout=5) as resp:
-                    if resp.status == check.expect_status and check.expect_text in resp.read().decode(errors="replace"):
-                        return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"no expected HTTP answer within {check.timeout_seconds} s")
+        result = poll_http(f"http://127.0.0.1:{port}{check.path}", check, log=quiet, started=t0,
+                           alive=lambda: vm.poll() is None)
+        if not result.passed:
+            raise SystemExit(f"hand path: the booted image did not answer as expected: {result.detail}")
+        return result.seconds
     finally:
         vm.terminate()
         vm.wait(30)
@@ -127,7 +118,7 @@ def hand(spec, label: str) -> dict[str, float]:
 
 
 def dag(spec) -> dict[str, float]:
-    from sqlalchemy import select
+    from stage_times import latest_run
 
     dag_id = f"bake_{spec.name.replace('-', '_')}"
     t0 = time.monotonic()
@@ -136,21 +127,11 @@ def dag(spec) -> dict[str, float]:
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"airflow dags test {dag_id} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(1)).first()
-        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id,
-                                                         TaskInstance.run_id == run.run_id)).all()
-        tasks = {ti.task_id: (ti.duration or 0.0, ti.state) for ti in tis}
+    run_id, _, tasks = latest_run(dag_id)
     if any(tasks.get(t, (0, ""))[1] != "success" for t in ("build", "smoke_test", "publish")):
         raise SystemExit(f"the DAG run did not bake, smoke-test and publish: {tasks}")
-    order = ["wait_turn", "prepare", "check_changes", "validate", "build", "smoke_test", "publish", "prune",
-             "give_back_turn"]
-    print(f"DAG ({dag_id}, run {run.run_id}): `airflow dags test` wall {wall:.1f} s; tasks: " + ", ".join(
-        f"{t} {tasks[t][0]:.1f}" for t in order if t in tasks) + f" (sum {sum(d for d, _ in tasks.values()):.1f} s)",
+    print(f"DAG ({dag_id}, run {run_id}): `airflow dags test` wall {wall:.1f} s; tasks: " + ", ".join(
+        f"{t} {d:.1f}" for t, (d, _) in tasks.items()) + f" (sum {sum(d for d, _ in tasks.values()):.1f} s)",
         flush=True)
     return {"total": wall, **{t: d for t, (d, _) in tasks.items()}}
 
