@@ -40,6 +40,16 @@ def pytest_configure(config):
                             "(tests/compose/; select with -m compose, leave out with -m 'not compose')")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the slow tests form one group,
+    run one after the other by one worker: each boots a 2-vCPU TCG guest, which takes both cores, and
+    two at once would only slow each other down. The other tests run beside them on the other worker."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("qemu"))
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)  # leave no test Airflow home behind
 

@@ -17,6 +17,11 @@ After the run every row is printed, none left out, with its result and counts:
 then a totals line. With CI set (``true``/``1``), a NOT RUN row or a skipped guarantee test fails
 the session; without it the table only reports.
 
+With pytest-xdist (``-n``) every worker collects the whole suite and notes the marked tests; it
+hands them to the controller in its ``workeroutput``, and the controller, which sees every test's
+reports, prints the table. A worker that died before handing them over leaves its tests' rows
+NOT RUN (or FAILED: xdist reports the test it died in as failed).
+
 Usage errors (exit 4): a marker that is not one known id; a test marked with an id whose row does
 not list its file; a row listing a file with no test marked with its id (so no row is unproven by
 mistake); a malformed registry.
@@ -94,9 +99,15 @@ class GuaranteeTable:
     def __init__(self, registry: list[Guarantee], path: Path) -> None:
         self.registry, self.path = registry, path
         self.ids: dict[str, list[str]] = {}  # nodeid -> the guarantee ids it proves
-        self.outcomes: dict[str, str] = {}  # nodeid -> passed|failed|skipped|deselected|not run
+        self.collected: dict[str, str] = {}  # nodeid -> deselected|not run, as collection left it
+        self.reported: dict[str, str] = {}  # nodeid -> passed|failed|skipped, from its reports
         self.files: dict[str, set[str]] = {}  # guarantee id -> the files that gave it a test
         self.ci_reasons: list[str] = []
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        """nodeid -> passed|failed|skipped|deselected|not run, for every marked test."""
+        return {n: self.reported.get(n, c) for n, c in self.collected.items()}
 
     def note(self, item: pytest.Item, outcome: str) -> None:
         known = {g.id: g for g in self.registry}
@@ -118,10 +129,10 @@ class GuaranteeTable:
             self.files.setdefault(gid, set()).add(file)
         if ids:
             self.ids[item.nodeid] = ids
-            self.outcomes[item.nodeid] = outcome
+            self.collected[item.nodeid] = outcome
 
     def result(self, g: Guarantee) -> str:
-        outcomes = [self.outcomes[n] for n, ids in self.ids.items() if g.id in ids]
+        outcomes = [self.reported.get(n, self.collected[n]) for n, ids in self.ids.items() if g.id in ids]
         counts = Counter(outcomes)
         missing = len([f for f in g.proven_by if f not in self.files.get(g.id, ())])
         detail = [f"{counts['passed']}/{len(outcomes)} passed"]
@@ -146,19 +157,32 @@ class GuaranteeTable:
             self.note(item, "not run")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        current = self.outcomes.get(report.nodeid)
-        if current is None:
-            return
-        if report.failed or current == "failed":
-            self.outcomes[report.nodeid] = "failed"
+        # every test's, marked or not: under xdist the controller learns which are marked only at the end
+        if report.failed or self.reported.get(report.nodeid) == "failed":
+            self.reported[report.nodeid] = "failed"
         elif report.skipped or (report.when == "call" and hasattr(report, "wasxfail")):
-            self.outcomes[report.nodeid] = "skipped"  # an xfail (or xpass) proves nothing
+            self.reported[report.nodeid] = "skipped"  # an xfail (or xpass) proves nothing
         elif report.when == "call":
-            self.outcomes[report.nodeid] = "passed"
+            self.reported[report.nodeid] = "passed"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist controller: take what a worker collected (every worker collects every test)."""
+        got = getattr(node, "workeroutput", {}).get(MARKER)
+        if got:
+            self.ids.update(got["ids"])
+            self.collected.update(got["collected"])
+            for gid, files in got["files"].items():
+                self.files.setdefault(gid, set()).update(files)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         from tests.tools import in_ci  # not at the top: pytest_plugins imports it first (assertion rewriting)
 
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller judges and prints
+            workeroutput[MARKER] = {"ids": self.ids, "collected": self.collected,
+                                    "files": {gid: sorted(f) for gid, f in self.files.items()}}
+            return
         if session.config.option.collectonly or not in_ci():
             return
         results = {g.id: self.result(g) for g in self.registry}
@@ -168,7 +192,7 @@ class GuaranteeTable:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
-        if config.option.collectonly:
+        if config.option.collectonly or hasattr(config, "workeroutput"):
             return
         rows = [("guarantee", "result", "scenario", "expected end state"),
                 *[(g.id, self.result(g), g.scenario, g.expected) for g in self.registry]]

@@ -127,8 +127,12 @@ def results(out: subprocess.CompletedProcess) -> dict[str, str]:
     return {gid: cells[0] for gid, cells in table(out).items()}
 
 
-def test_a_row_passes_only_if_every_one_of_its_tests_passed(tmp_path):
-    out = run_suite(tmp_path, {"test_suite.py": SUITE, "test_other.py": OTHER}, SUITE_ROWS)
+XDIST = {"serial": (), "xdist": ("-n", "2", "--dist", "loadgroup", "--max-worker-restart", "0")}  # as scripts/test.sh runs the suite
+
+
+@pytest.mark.parametrize("run", list(XDIST))
+def test_a_row_passes_only_if_every_one_of_its_tests_passed(tmp_path, run):
+    out = run_suite(tmp_path, {"test_suite.py": SUITE, "test_other.py": OTHER}, SUITE_ROWS, *XDIST[run])
     assert out.returncode == 1, out.stdout + out.stderr  # test_alpha[3] and delta's teardown failed
     assert table(out)["beta"] == ["PASSED (3/3 passed)", "beta goes wrong", "beta end state"]
     assert results(out) == {  # every row of the registry, in its order; unmarked tests are in none
@@ -174,10 +178,11 @@ def test_with_qemu_off_path_ci_fails(tmp_path, mechanism, ci):
         assert "  skipped: suite/test_suite.py::test_qemu_build_stopped[terminate]" in out.stdout
 
 
+@pytest.mark.parametrize("run", list(XDIST))
 @pytest.mark.parametrize("ci", [None, "true"])
-def test_deselected_tests_make_their_row_not_run_and_no_row_vanishes(tmp_path, ci):
+def test_deselected_tests_make_their_row_not_run_and_no_row_vanishes(tmp_path, ci, run):
     out = run_suite(tmp_path, {"test_suite.py": SUITE, "test_other.py": OTHER}, SUITE_ROWS,
-                    "-k", "beta or alpha and not 3", ci=ci)
+                    "-k", "beta or alpha and not 3", *XDIST[run], ci=ci)
     assert results(out) == {
         "alpha": "NOT RUN (2/3 passed, 1 deselected)",
         "beta": "PASSED (3/3 passed)",
@@ -230,3 +235,34 @@ def test_usage_errors(tmp_path, files, rows, message):
     out = run_suite(tmp_path, {"test_other.py": OTHER.replace("zeta", "beta"), **files}, rows)
     assert out.returncode == 4, out.stdout + out.stderr
     assert message in out.stdout + out.stderr
+
+
+
+CRASH = '''
+import os
+import pytest
+
+@pytest.mark.guarantee("alpha")
+@pytest.mark.xdist_group("vm")
+def test_alpha_dies():
+    os._exit(1)  # as a worker killed by the OOM killer
+
+@pytest.mark.guarantee("alpha")
+@pytest.mark.xdist_group("vm")
+def test_alpha_after():
+    pass
+
+@pytest.mark.guarantee("beta")
+def test_beta():
+    pass
+'''
+
+
+def test_under_xdist_a_worker_that_dies_fails_its_row_and_the_session(tmp_path):
+    """As scripts/test.sh runs: ``--max-worker-restart 0``, because with ``--dist loadgroup`` xdist 3.8
+    hangs when it hands a dead worker's group to a new worker (tried: the session never ends)."""
+    out = run_suite(tmp_path, {"test_suite.py": CRASH}, {"alpha": ["test_suite.py"], "beta": ["test_suite.py"]},
+                    *XDIST["xdist"], ci="true")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert results(out)["alpha"].startswith("FAILED ("), out.stdout
+    assert "crashed while running 'suite/test_suite.py::test_alpha_dies" in out.stdout

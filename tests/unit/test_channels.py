@@ -19,6 +19,7 @@ from bakery.channels import (
     ChannelError,
     VersionState,
     latest_of,
+    ordered,
     pinned_by_channels,
     plan_promote,
     plan_rollback,
@@ -41,7 +42,7 @@ def apply(states, changes):
     out = {s.version: s for s in states}
     for c in changes:
         out[c.version] = replace(out[c.version], channel=c.channel, exclude_from_latest=c.exclude_from_latest)
-    return sorted(out.values(), key=lambda s: [int(p) for p in s.version.split(".")])
+    return ordered(out.values())
 
 
 def actor(by="alice", run="manual__1", at=NOW):
