@@ -44,9 +44,13 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the slow tests form one group,
     run one after the other by one worker: each boots a 2-vCPU TCG guest, which takes both cores, and
-    two at once would only slow each other down. The other tests run beside them on the other worker."""
+    two at once would only slow each other down. The other tests run beside them on the other worker.
+    The compose test is a group of its own: most of its time is building images and starting
+    containers, and it runs on the other worker, beside the slow group."""
     for item in items:
-        if item.get_closest_marker("slow"):
+        if item.get_closest_marker("compose"):
+            item.add_marker(pytest.mark.xdist_group("compose"))
+        elif item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.xdist_group("qemu"))
 
 
