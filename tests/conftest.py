@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.guarantees"]
+pytest_plugins = ["tests.guarantees", "tests.xdist_groups"]
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -36,16 +36,6 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ[
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs a real Packer build / QEMU boot (minutes under TCG)")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the slow tests form one group,
-    run one after the other by one worker: each boots a 2-vCPU TCG guest, which takes both cores, and
-    two at once would only slow each other down. The other tests run beside them on the other worker."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("qemu"))
 
 
 def pytest_unconfigure(config):
