@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.guarantees"]
+pytest_plugins = ["tests.guarantees", "tests.xdist_groups"]
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -38,20 +38,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs a real Packer build / QEMU boot (minutes under TCG)")
     config.addinivalue_line("markers", "compose: runs docker-compose.yaml for real with podman-compose "
                             "(tests/compose/; select with -m compose, leave out with -m 'not compose')")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) the slow tests form one group,
-    run one after the other by one worker: each boots a 2-vCPU TCG guest, which takes both cores, and
-    two at once would only slow each other down. The other tests run beside them on the other worker.
-    The compose test is a group of its own: most of its time is building images and starting
-    containers, and it runs on the other worker, beside the slow group."""
-    for item in items:
-        if item.get_closest_marker("compose"):
-            item.add_marker(pytest.mark.xdist_group("compose"))
-        elif item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("qemu"))
 
 
 def pytest_unconfigure(config):

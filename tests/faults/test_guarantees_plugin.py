@@ -127,7 +127,7 @@ def results(out: subprocess.CompletedProcess) -> dict[str, str]:
     return {gid: cells[0] for gid, cells in table(out).items()}
 
 
-XDIST = {"serial": (), "xdist": ("-n", "2", "--dist", "loadgroup", "--max-worker-restart", "0")}  # as scripts/test.sh runs the suite
+XDIST = {"serial": (), "xdist": ("-p", "tests.xdist_groups", "-n", "2", "--max-worker-restart", "0")}  # as scripts/test.sh runs the suite
 
 
 @pytest.mark.parametrize("run", list(XDIST))
@@ -243,12 +243,10 @@ import os
 import pytest
 
 @pytest.mark.guarantee("alpha")
-@pytest.mark.xdist_group("vm")
 def test_alpha_dies():
     os._exit(1)  # as a worker killed by the OOM killer
 
 @pytest.mark.guarantee("alpha")
-@pytest.mark.xdist_group("vm")
 def test_alpha_after():
     pass
 
@@ -259,8 +257,9 @@ def test_beta():
 
 
 def test_under_xdist_a_worker_that_dies_fails_its_row_and_the_session(tmp_path):
-    """As scripts/test.sh runs: ``--max-worker-restart 0``, because with ``--dist loadgroup`` xdist 3.8
-    hangs when it hands a dead worker's group to a new worker (tried: the session never ends)."""
+    """As scripts/test.sh runs: ``--max-worker-restart 0``, because xdist 3.8's scope scheduling (which
+    the suite's scheduler is, tests/xdist_groups.py) hangs when it hands a dead worker's tests to a new
+    worker (tried: the session never ends)."""
     out = run_suite(tmp_path, {"test_suite.py": CRASH}, {"alpha": ["test_suite.py"], "beta": ["test_suite.py"]},
                     *XDIST["xdist"], ci="true")
     assert out.returncode == 1, out.stdout + out.stderr

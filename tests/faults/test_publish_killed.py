@@ -13,10 +13,16 @@ holds itself there with SIGSTOP (nothing of our code is replaced):
 Then the retry (another process, as Airflow's retry would be) publishes the same run. End state:
 exactly one visible version, complete (sha256 of the source), ``latest`` on it, no ``.staging-*``
 left, and at no point a half-written visible version.
+
+A qcow2 (what every template builds) is not copied but rewritten by ``qemu-img convert -c`` (zstd):
+``mid-convert`` kills the publisher while its ``qemu-img`` writes the staging disk (the test freezes
+``qemu-img`` with SIGSTOP once 16 MB are written, then SIGKILLs the publisher): ``qemu-img`` must die
+with it (nothing writes on), and the retry's disk holds the same guest bytes (``qemu-img compare``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,3 +147,71 @@ def test_publish_killed_then_retried(tmp_path, big_disk, point):
     assert meta["dag_run_id"] == "run-new" and meta["size_bytes"] == SIZE
     assert sha256_file(gallery / IMAGE / NEW / "disk.qcow2") == digest
     assert target.metadata(IMAGE, OLD)["dag_run_id"] == "run-old"  # the older version is untouched
+
+
+@pytest.fixture(scope="module")
+def big_qcow2(big_disk) -> Path:
+    """The same random bytes as a qcow2 as Packer leaves one (uncompressed clusters)."""
+    path = big_disk[0].with_name("built-qcow2.qcow2")
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(big_disk[0]), str(path)], check=True)
+    return path
+
+
+def qemu_img_writing(publisher: int) -> tuple[psutil.Process, Path] | None:
+    """The publisher's qemu-img and the staging disk it writes, once 16 MB of it are written."""
+    try:
+        for child in psutil.Process(publisher).children():
+            if child.name() == "qemu-img":
+                out = Path(child.cmdline()[-1])
+                if out.parent.name.startswith(f".staging-{NEW}-") and out.exists() and out.stat().st_size >= 16 * 2**20:
+                    return child, out
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+@pytest.mark.guarantee("publish-killed-local")
+@pytest.mark.needs_tools("qemu-img")
+def test_publish_killed_mid_convert_then_retried(tmp_path, big_qcow2):
+    gallery = tmp_path / "gallery"
+    target = LocalTarget(gallery)
+    old_disk = tmp_path / "old.qcow2"
+    old_disk.write_bytes(b"an older version")
+    target.publish(record(old_disk, OLD, "run-old"), print)
+    rec = record(big_qcow2, NEW, "run-new")
+    script = python_script(tmp_path / "publish.py", CHILD)
+    argv = [sys.executable, str(script), "none", str(gallery), json.dumps(rec.to_dict())]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        qemu_img, half = wait_for(lambda: qemu_img_writing(child.pid) or child.poll() is not None, 120,
+                                  "the publisher's qemu-img to write 16 MB", interval=0.005)
+        assert child.poll() is None, f"the publisher ended before it was killed: {child.stdout.read()}"
+        qemu_img.send_signal(signal.SIGSTOP)  # frozen mid-write
+        at_kill = snapshot(gallery)
+        written = half.stat().st_size
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    assert written < big_qcow2.stat().st_size, "qemu-img was done: the kill was not mid-convert"
+    try:
+        wait_for(lambda: not qemu_img.is_running() or qemu_img.status() == psutil.STATUS_ZOMBIE, 10,
+                 "qemu-img to die with its publisher")
+    finally:
+        with contextlib.suppress(psutil.Error):
+            qemu_img.kill()  # leave nothing running, whatever the outcome
+    assert snapshot(gallery) == at_kill and half.stat().st_size == written  # nothing wrote on
+    assert [v.version for v in target.list_versions(IMAGE)] == [OLD], "a half-written version is visible"
+
+    retry = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert "(qcow2, zstd-compressed clusters)" in retry.stdout
+    end = snapshot(gallery)
+    assert end == {"entries": sorted([OLD, NEW, "latest"]), "latest": NEW}, "stale staging entries were left"
+    disk = gallery / IMAGE / NEW / "disk.qcow2"
+    same = subprocess.run(["qemu-img", "compare", "-q", str(big_qcow2), str(disk)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert target.metadata(IMAGE, NEW)["size_bytes"] == disk.stat().st_size

@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +44,46 @@ def test_publish_writes_disk_and_metadata_and_latest(tmp_path, target):
     assert meta["size_bytes"] == len(b"disk2026.1128.200000") and meta["created"]
     assert (target.gallery / "img" / "2026.1128.200000" / "disk.qcow2").read_bytes() == b"disk2026.1128.200000"
     assert target.latest("img") == "2026.1128.200000"
+
+
+def real_qcow2(path, mib=32):
+    """A qcow2 as Packer leaves one (uncompressed clusters): text, zeros and random bytes."""
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as fh:
+        fh.write(b"nginx welcome page " * (mib * 2**20 // 4 // 19))
+        fh.seek(mib * 2**20 // 2)
+        fh.write(os.urandom(mib * 2**20 // 8))
+        fh.truncate(mib * 2**20)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
+    raw.unlink()
+    return path
+
+
+@pytest.mark.needs_tools("qemu-img")
+def test_a_qcow2_is_stored_with_zstd_compressed_clusters_self_contained_and_equal(tmp_path, target):
+    rec = make_record(tmp_path, "2026.1128.200000")
+    src = real_qcow2(Path(rec.artifact_id))
+    lines = []
+    target.publish(rec, lines.append)
+    disk = target.gallery / "img" / rec.version / "disk.qcow2"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output", "json", str(disk)], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["format"] == "qcow2" and info["format-specific"]["data"]["compression-type"] == "zstd"
+    assert "backing-filename" not in info, "a published version must boot on its own"
+    same = subprocess.run(["qemu-img", "compare", "-q", str(src), str(disk)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr  # the guest sees the same bytes
+    assert disk.stat().st_size < 0.5 * src.stat().st_size, (disk.stat().st_size, src.stat().st_size)
+    assert target.metadata("img", rec.version)["size_bytes"] == disk.stat().st_size
+    assert any(f"-> {disk.stat().st_size} bytes (qcow2, zstd-compressed clusters)" in ln for ln in lines), lines
+    assert target.check_promotable("img", rec.version, print) == []  # qemu-img check of the stored disk
+
+
+@pytest.mark.needs_tools("qemu-img")
+def test_a_qcow2_qemu_img_cannot_read_fails_the_publish_with_its_message_and_leaves_nothing(tmp_path, target):
+    rec = make_record(tmp_path, "2026.1128.200000", payload=b"QFI\xfb" + b"\0" * 60)  # a qcow2 header, no more
+    with pytest.raises(GalleryError, match=r"qemu-img convert of .*out\.qcow2 to .*disk\.qcow2 failed \(exit 1\)"):
+        target.publish(rec, print)
+    assert visible(target) == [] and [p.name for p in (target.gallery / "img").iterdir()] == [".lock"]
 
 
 def test_republish_same_run_is_a_noop_and_other_run_is_refused(tmp_path, target):
