@@ -6,13 +6,13 @@ a group of its own. Every other test runs beside them on the other worker, one b
 xdist's own ``--dist loadgroup`` groups by renaming node ids (``item._nodeid``), which pytest 9.2 no
 longer reads: its groups fall apart (tried). So this plugin gives xdist a scheduler
 (``pytest_xdist_make_scheduler``): xdist's scope scheduling, where a grouped file's tests share one
-scope. The controller that schedules has no collected items, so the files are found by their text
-(``pytest.mark.slow`` anywhere in a ``tests/**/test_*.py``).
+scope. The controller that schedules has no collected items, so the files are found by their code
+(``pytest.mark.slow`` in a ``tests/**/test_*.py``, read with ``ast``).
 """
 
 from __future__ import annotations
 
-import re
+import ast
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,21 @@ import pytest
 GROUPED_MARKERS = {"compose": "compose", "slow": "qemu"}
 
 
+def markers_used(path: Path) -> set[str]:
+    """The names ``<x>`` of the ``pytest.mark.<x>`` in a file's code (read, not imported; text in strings,
+    such as a throw-away suite a test writes, does not count)."""
+    return {node.attr for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "mark"}
+
+
 def grouped_files(root: Path) -> dict[str, str]:
     """Test files (relative to ``root``, as in node ids) that use a marker of GROUPED_MARKERS -> group."""
     out = {}
     for path in sorted((root / "tests").rglob("test_*.py")):
-        text = path.read_text()
-        for marker, group in GROUPED_MARKERS.items():
-            if re.search(rf"pytest\.mark\.{marker}\b", text):
-                out[path.relative_to(root).as_posix()] = group
-                break
+        used = markers_used(path)
+        group = next((g for marker, g in GROUPED_MARKERS.items() if marker in used), None)
+        if group:
+            out[path.relative_to(root).as_posix()] = group
     return out
 
 

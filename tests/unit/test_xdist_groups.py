@@ -72,3 +72,12 @@ def test_the_slow_files_run_on_one_worker_one_test_at_a_time_and_the_rest_beside
     assert any(first < r["start"] < last for r in beside), (
         "no other test ran on the other worker while the slow group ran: "
         f"{[(r['test'], r['worker'], datetime.fromtimestamp(r['start']).time()) for r in runs]}")
+
+
+def test_the_groups_come_from_the_code_not_from_text_in_strings():
+    sys.path.insert(0, str(REPO))
+    from tests.xdist_groups import grouped_files
+
+    groups = grouped_files(REPO)
+    assert groups["tests/e2e/test_inputs_and_backfills.py"] == "qemu" and groups["tests/faults/test_bake_faults.py"] == "qemu"
+    assert "tests/unit/test_xdist_groups.py" not in groups  # its throw-away suite's markers are in strings
