@@ -82,7 +82,6 @@ die() {
 }
 
 # ---------------------------------------------------------------- preflight
-[ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap root mode and mke2fs -d need to preserve file ownership). Re-run with sudo."
 missing=()
 for tool in mmdebstrap mke2fs sfdisk qemu-img qemu-system-x86_64 sha256sum flock timeout dd chroot; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
@@ -147,6 +146,10 @@ if is_cached; then
   echo "$STABLE"
   exit 0
 fi
+
+# Building needs root; a cache hit does not (the compose stack's Celery worker runs as the airflow
+# user and reads the base image the host or airflow-init put into the bakery volume).
+[ "$(id -u)" -eq 0 ] || die "must run as root to build the base image (mmdebstrap root mode and mke2fs -d need to preserve file ownership), and $IMAGE is not cached yet. Re-run with sudo."
 
 # ---------------------------------------------------------------- lock, then re-check
 exec 9>"$BASE_DIR/.$NAME.lock"

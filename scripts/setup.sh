@@ -13,6 +13,10 @@ APT_PACKAGES=(packer qemu-system-x86 qemu-utils mmdebstrap fdisk e2fsprogs opens
 # that signs in to the Airflow UI and reads the gallery page
 if [ "${BAKERY_TEST_TOOLS:-0}" = 1 ]; then
   APT_PACKAGES+=(postgresql chromium)  # chromium: the gallery page rendered headless (tests/e2e/test_gallery_page.py)
+  # the compose stack run for real (tests/compose/): Podman 4.3 with the runc runtime (crun refuses
+  # these hosts' hybrid cgroups; docker/containers.conf selects runc), podman-compose, CNI with the
+  # dnsname plugin (services find each other by name on the project network)
+  APT_PACKAGES+=(podman podman-compose runc containernetworking-plugins golang-github-containernetworking-plugin-dnsname)
 fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -36,6 +36,8 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ[
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs a real Packer build / QEMU boot (minutes under TCG)")
+    config.addinivalue_line("markers", "compose: runs docker-compose.yaml for real with podman-compose "
+                            "(tests/compose/; select with -m compose, leave out with -m 'not compose')")
 
 
 def pytest_unconfigure(config):

@@ -1,7 +1,7 @@
 """pytest plugin: under pytest-xdist (scripts/test.sh: ``-n 2``), the tests of every file that marks
 tests ``slow`` form one group, run one after the other on one worker: each boots a 2-vCPU TCG guest,
-which takes both cores, and two at once would only slow each other down. Every other test runs
-beside them on the other worker, one by one as it frees up.
+which takes both cores, and two at once would only slow each other down. The compose test's file is
+a group of its own. Every other test runs beside them on the other worker, one by one as it frees up.
 
 xdist's own ``--dist loadgroup`` groups by renaming node ids (``item._nodeid``), which pytest 9.2 no
 longer reads: its groups fall apart (tried). So this plugin gives xdist a scheduler
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-GROUPED_MARKERS = {"slow": "qemu"}  # a test file that uses the marker -> its group
+# a test file that uses the marker -> its group (the first marker found wins). The compose test (also
+# slow) is a group of its own: most of its time is building images and starting containers, so it
+# runs on the other worker, beside the slow group.
+GROUPED_MARKERS = {"compose": "compose", "slow": "qemu"}
 
 
 def markers_used(path: Path) -> set[str]:

@@ -36,13 +36,23 @@ REQUIRED_AIRFLOW_SERVICES = {
     "airflow-triggerer",
     "airflow-init",
 }
-# The secrets the stack needs; each must come from the environment / .env, required.
+# The stack's secrets: Compose secrets (files), by name.
 REQUIRED_SECRETS = {
-    "AIRFLOW_FERNET_KEY",
-    "POSTGRES_PASSWORD",
-    "AIRFLOW_ADMIN_PASSWORD",
-    "AIRFLOW_JWT_SECRET",
-    "AIRFLOW_API_SECRET_KEY",
+    "postgres_password",
+    "airflow_db_url",
+    "airflow_result_backend",
+    "airflow_fernet_key",
+    "airflow_jwt_secret",
+    "airflow_api_secret_key",
+    "airflow_admin_password",
+}
+# Airflow options that hold a secret -> the secret file their *_CMD reads.
+SECRET_OPTIONS = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow_db_url",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "airflow_result_backend",
+    "AIRFLOW__CORE__FERNET_KEY": "airflow_fernet_key",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "airflow_jwt_secret",
+    "AIRFLOW__API__SECRET_KEY": "airflow_api_secret_key",
 }
 # A variable (or environment key) whose name says it holds a secret.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|KEY", re.IGNORECASE)
@@ -256,7 +266,8 @@ def test_every_airflow_component_runs_the_bakery_image(compose, airflow_services
     missing = REQUIRED_AIRFLOW_SERVICES - airflow_services.keys()
     assert not missing, f"services not on the Airflow image: {sorted(missing)}"
     build = compose[COMMON]["build"]
-    assert build == {"context": ".", "dockerfile": "docker/Dockerfile"}
+    assert build == {"context": ".", "dockerfile": "docker/Dockerfile",
+                     "args": {"AIRFLOW_BASE_IMAGE": "${AIRFLOW_BASE_IMAGE:-apache/airflow:3.3.2-python3.11}"}}
     for name, svc in compose["services"].items():
         image = str(svc.get("image", ""))
         if "airflow" in image and name not in airflow_services:
@@ -303,58 +314,61 @@ def test_celery_executor_redis_and_postgres(compose, airflow_services):
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert "@redis:6379/" in env["AIRFLOW__CELERY__BROKER_URL"]
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    # the two URLs are secret files that scripts/stack.sh secrets writes; the driver named: SQLAlchemy
+    # 2.1 maps a bare postgresql:// to psycopg 3, not in the image
+    stack_sh = (ROOT / "scripts" / "stack.sh").read_text()
+    assert '"airflow_db_url", lambda: f"postgresql+psycopg2://airflow:{pw}@postgres/airflow"' in stack_sh
+    assert '"airflow_result_backend", lambda: f"db+postgresql+psycopg2://airflow:{pw}@postgres/airflow"' in stack_sh
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
-    assert compose["services"]["postgres"]["image"] == "postgres:16"
-    assert compose["services"]["redis"]["image"].startswith("redis:")
+    # users get the official images; the compose test substitutes local stand-ins by variable
+    assert compose["services"]["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+    assert compose["services"]["redis"]["image"] == "${REDIS_IMAGE:-redis:7.2-bookworm}"
     for name, svc in airflow_services.items():
         assert _environment(svc)["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
 
 
-def test_secrets_are_required_variables_never_literals(compose):
-    refs = [m for s in _strings(compose) for m in _refs(s)]
-    names = {m.group("name") or m.group("bare") for m in refs}
-    assert REQUIRED_SECRETS <= names, f"secrets not wired in: {sorted(REQUIRED_SECRETS - names)}"
-    for m in refs:
-        name = m.group("name") or m.group("bare")
-        if SECRET_NAME.search(name):
-            assert m.group("op") == ":?" and m.group("arg").strip(), (
-                f"secret {name} must be written ${{{name}:?message}}, found {m.group(0)!r}"
-            )
+def test_secrets_are_compose_secret_files_never_values(compose, airflow_services):
+    """Every secret is a Compose secret (a file mounted at /run/secrets/<name>, from
+    ${BAKERY_SECRETS_DIR:-./secrets}); no environment entry, interpolation or URL of the file holds a
+    secret value: Airflow reads each through its ``*_CMD`` option, postgres through
+    POSTGRES_PASSWORD_FILE (podman-compose turns every environment entry into `-e KEY=value` on a
+    `podman create` command line)."""
+    declared = compose["secrets"]
+    assert set(declared) == REQUIRED_SECRETS
+    for name, spec in declared.items():
+        assert spec["file"] == f"${{BAKERY_SECRETS_DIR:-./secrets}}/{name}", (name, spec)
+    common_env = _environment(compose[COMMON])
+    for option, secret in SECRET_OPTIONS.items():
+        assert common_env[f"{option}_CMD"] == f"cat /run/secrets/{secret}", option
+        assert option not in common_env, f"{option} given as a value"
+    for name, svc in airflow_services.items():
+        assert set(SECRET_OPTIONS.values()) <= set(svc.get("secrets") or compose[COMMON]["secrets"]), name
+    pg = compose["services"]["postgres"]
+    assert _environment(pg)["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "POSTGRES_PASSWORD" not in _environment(pg) and pg["secrets"] == ["postgres_password"]
+    assert "airflow_admin_password" in compose["services"]["airflow-init"]["secrets"]
 
-    # No environment entry whose name says "secret" may hold a literal.
+    # No interpolated secret and no environment entry whose name says "secret" holding a value
+    # (but a *_CMD reading a secret file, or a *_FILE naming one).
+    for m in (m for s in _strings(compose) for m in _refs(s)):
+        name = m.group("name") or m.group("bare")
+        assert not SECRET_NAME.search(name) or name == "BAKERY_SECRETS_DIR", f"secret interpolated: {m.group(0)}"
     blocks = [(COMMON, compose[COMMON])] + list(compose["services"].items())
     for where, block in blocks:
         for key, value in _environment(block).items():
-            if SECRET_NAME.search(key):
-                assert isinstance(value, str) and _required_ref(value), (
-                    f"{where}: {key} must be a ${{VAR:?message}} reference, not {value!r}"
-                )
-
-    # No password inside a URL either: the userinfo password is empty or a required reference.
-    placeholder = re.compile(r"\x00(\d+)\x00")
+            if SECRET_NAME.search(key) or key.endswith("_CONN") or key.endswith("_BACKEND"):
+                assert (key.endswith("_CMD") and str(value).startswith("cat /run/secrets/")) or (
+                    key.endswith("_FILE") and str(value).startswith("/run/secrets/")), (
+                    f"{where}: {key} must read a secret file, not hold {value!r}")
+    # No password inside a URL either.
     for s in _strings(compose):
-        found: list[re.Match[str]] = []
-
-        def mark(m: re.Match[str]) -> str:
-            found.append(m)
-            return f"\x00{len(found) - 1}\x00"
-
-        masked = _REF.sub(mark, s.replace("$$", ""))
-        for url in re.finditer(r"[a-z][a-z0-9+.-]*://[^:/@\s]*:([^@/\s]*)@", masked):
-            password = url.group(1)
-            if not password:
-                continue
-            p = placeholder.fullmatch(password)
-            assert p and found[int(p.group(1))].group("op") == ":?", (
-                f"literal password in URL {s!r}"
-            )
+        for url in re.finditer(r"[a-z][a-z0-9+.-]*://[^:/@\s]*:([^@/\s]*)@", s.replace("$$", "")):
+            assert not url.group(1), f"a password in URL {s!r}"
 
 
-def test_env_example_lists_every_required_variable_empty():
+def test_env_example_holds_no_secret():
+    """docker/.env.example lists settings only: the secrets are files (scripts/stack.sh secrets)."""
     assert ENV_EXAMPLE.is_file()
     values: dict[str, str] = {}
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
@@ -363,18 +377,11 @@ def test_env_example_lists_every_required_variable_empty():
             key, sep, value = line.partition("=")
             assert sep, f"not KEY=VALUE: {line!r}"
             values[key.strip()] = value.strip()
-    required = {
-        m.group("name")
-        for s in _strings(_load_yaml(COMPOSE_FILE))
-        for m in _refs(s)
-        if m.group("op") == ":?"
-    }
-    assert required == REQUIRED_SECRETS
-    for name in required:
-        assert name in values, f"{name} is missing from docker/.env.example"
-        assert values[name] == "", f"docker/.env.example must leave {name} empty (a placeholder)"
-    leaked = {k for k, v in values.items() if SECRET_NAME.search(k) and v}
-    assert not leaked, f"values for secrets in docker/.env.example: {sorted(leaked)}"
+    leaked = {k for k in values if SECRET_NAME.search(k)}
+    assert not leaked, f"secrets in docker/.env.example: {sorted(leaked)}"
+    required = {m.group("name") for s in _strings(_load_yaml(COMPOSE_FILE)) for m in _refs(s) if m.group("op") == ":?"}
+    assert not required, f"compose requires variables: {sorted(required)}"
+    assert "scripts/stack.sh secrets" in ENV_EXAMPLE.read_text()
 
 
 @pytest.mark.parametrize("name", ["postgres", "redis", "airflow-apiserver", "airflow-scheduler"])
@@ -409,15 +416,19 @@ def test_init_migrates_creates_admin_and_packer_pool(compose):
     init = compose["services"]["airflow-init"]
     env = _environment(init)
     assert env["_AIRFLOW_DB_MIGRATE"] == "true"
-    assert env["_AIRFLOW_WWW_USER_CREATE"] == "true"
-    assert _required_ref(env["_AIRFLOW_WWW_USER_PASSWORD"]).group("name") == "AIRFLOW_ADMIN_PASSWORD"
+    # the admin is created by the command, its password on stdin (the entrypoint's
+    # _AIRFLOW_WWW_USER_CREATE would pass it on `airflow users create --password`)
+    assert not [k for k in env if k.startswith("_AIRFLOW_WWW_USER")], env
     script = "\n".join(init["command"])
+    assert 'pw="$$(cat /run/secrets/airflow_admin_password)"' in script
+    assert "--password" not in script
     assert 'airflow pools set image_bakery_packer 2 ' in script
     assert "restart" not in init
 
 
 def test_code_mounts_and_bakery_state_volume(compose, airflow_services):
-    code = {f"./{d}:/opt/airflow/{d}:ro" for d in ("dags", "plugins", "include")}
+    # scripts/: `prepare` runs scripts/build-base-image.sh (REPO_ROOT is /opt/airflow in the image)
+    code = {f"./{d}:/opt/airflow/{d}:ro" for d in ("dags", "plugins", "include", "scripts")}
     common = set(compose[COMMON]["volumes"])
     assert code <= common
     for name, svc in airflow_services.items():
@@ -474,7 +485,10 @@ def test_dockerfile_builds_on_airflow_and_installs_the_bake_tools():
     assert DOCKERFILE.is_file(), f"{DOCKERFILE} is missing"
     instructions = _dockerfile_instructions()
     froms = [args for instr, args in instructions if instr == "FROM"]
-    assert froms == ["apache/airflow:3.3.2-python3.11"]
+    assert froms == ["${AIRFLOW_BASE_IMAGE}"]
+    # the official image unless a build argument names a stand-in (the compose test's)
+    args = [args for instr, args in instructions[: instructions.index(("FROM", froms[0]))] if instr == "ARG"]
+    assert args == ["AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11"]
 
     apt = [args for instr, args in instructions if instr == "RUN" and "apt-get install" in args]
     assert len(apt) == 1, "expected one RUN with apt-get install"
@@ -496,3 +510,26 @@ def test_dockerfile_builds_on_airflow_and_installs_the_bake_tools():
     pip_at = next(i for i, (instr, args) in enumerate(instructions) if instr == "RUN" and "pip install" in args)
     last_user = [args for instr, args in instructions[:pip_at] if instr == "USER"][-1]
     assert last_user == "airflow"
+
+
+def test_worker_is_sized_for_a_small_host_and_overridable(compose):
+    """2 cores, 24 GiB by default: 4 Celery slots (the packer pool lets 2 of them build), 8 GiB."""
+    worker = compose["services"]["airflow-worker"]
+    assert _with_defaults(_environment(worker)["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == "4"
+    assert "AIRFLOW_WORKER_CONCURRENCY" in _environment(worker)["AIRFLOW__CELERY__WORKER_CONCURRENCY"]
+    assert _with_defaults(worker["mem_limit"]) == "8g"
+    assert "AIRFLOW_WORKER_MEM_LIMIT" in worker["mem_limit"]
+
+
+def test_build_context_sends_only_what_the_dockerfile_copies():
+    """The context is the repository root: .dockerignore keeps var/ (base images, gallery), .venv and
+    .git out of it, and lets in every path the Dockerfile COPYs."""
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.strip().startswith("#")]
+    assert ignore[0] == "*", "an allow-list is expected: '*' first, then the '!' exceptions"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for instr, args in _dockerfile_instructions():
+        if instr == "COPY":
+            sources = [tok for tok in args.split() if not tok.startswith("--")][:-1]
+            for src in sources:
+                assert src.rstrip("/") in allowed, f"COPY {src} is excluded by .dockerignore"
