@@ -161,8 +161,9 @@ def qemu_img_writing(publisher: int) -> tuple[psutil.Process, Path] | None:
     """The publisher's qemu-img and the staging disk it writes, once 16 MB of it are written."""
     try:
         for child in psutil.Process(publisher).children():
-            if child.name() == "qemu-img":
-                out = Path(child.cmdline()[-1])
+            argv = child.cmdline()  # empty once it has exited (a zombie)
+            if child.name() == "qemu-img" and argv:
+                out = Path(argv[-1])
                 if out.parent.name.startswith(f".staging-{NEW}-") and out.exists() and out.stat().st_size >= 16 * 2**20:
                     return child, out
     except (psutil.Error, OSError):
@@ -181,7 +182,11 @@ def test_publish_killed_mid_convert_then_retried(tmp_path, big_qcow2):
     rec = record(big_qcow2, NEW, "run-new")
     script = python_script(tmp_path / "publish.py", CHILD)
     argv = [sys.executable, str(script), "none", str(gallery), json.dumps(rec.to_dict())]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the publisher and its qemu-img at the lowest priority, the test watching them at its own: on a
+    # loaded machine (the suite runs QEMU guests beside this test) a starved watcher would otherwise miss
+    # a convert of a few seconds (seen once: qemu-img had ended before the watcher looked)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: os.nice(19))
     try:
         qemu_img, half = wait_for(lambda: qemu_img_writing(child.pid) or child.poll() is not None, 120,
                                   "the publisher's qemu-img to write 16 MB", interval=0.005)

@@ -32,7 +32,7 @@ IMAGE, VERSION = "debian12-nginx", "2026.1128.200000"
 
 G_AIRFLOW = pytest.mark.guarantee("concurrent-runs")
 G_LOCK = pytest.mark.guarantee("concurrent-runs")
-needs_packer = pytest.mark.needs_tools("packer")
+needs_packer = pytest.mark.needs_tools("packer", "qemu-img")  # qemu-img: publish reads the qcow2 it stores
 
 
 # -- Airflow -------------------------------------------------------------------------------------
@@ -147,7 +147,8 @@ def test_a_second_build_of_the_same_version_is_refused_and_the_first_keeps_runni
 def record_in_work(work: Path) -> BakeRecord:
     disk = work / "output" / f"{IMAGE}-{VERSION}.qcow2"
     disk.parent.mkdir(parents=True, exist_ok=True)
-    disk.write_bytes(b"QFI\xfb" + b"\0" * 4096)
+    # a real (empty) qcow2: publish stores a qcow2 with qemu-img convert, which reads it
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
     return BakeRecord(image=IMAGE, version=VERSION, target="local", template_digest="sha256:t",
                       dag_run_id="run-2", packer_run_uuid="u-2", artifact_id=str(disk),
                       smoke={"passed": True, "seconds": 1.0, "status": 200, "detail": "ok"})
