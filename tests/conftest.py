@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.guarantees", "tests.xdist_groups"]
+pytest_plugins = ["tests.guarantees", "tests.xdist_groups", "tests.compose_figures"]
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))

@@ -1,7 +1,9 @@
-"""The compose test's figures, printed at the end of the run (also under -q, where a passing test's
-output is not shown). The test prints each as ``[compose figures] name: value``; they are read back
-from the reports' captured output, which pytest-xdist hands from the worker to the controller that
-prints the summary, or, when output is not captured (``-s``), from the test module itself."""
+"""pytest plugin (loaded by tests/conftest.py, not a conftest of tests/compose/: under pytest-xdist the
+controller, which prints the summary, loads no conftest below tests/): the compose test's figures,
+printed at the end of the run (also under -q, where a passing test's output is not shown). The test
+prints each as ``[compose figures] name: value``; they are read back from the reports' captured
+output, which pytest-xdist hands from the worker to the controller, or, when output is not captured
+(``-s``), from the test module itself."""
 
 from __future__ import annotations
 
