@@ -132,7 +132,8 @@ class GuaranteeTable:
             self.collected[item.nodeid] = outcome
 
     def result(self, g: Guarantee) -> str:
-        outcomes = [self.reported.get(n, self.collected[n]) for n, ids in self.ids.items() if g.id in ids]
+        every = self.outcomes
+        outcomes = [every[n] for n, ids in self.ids.items() if g.id in ids]
         counts = Counter(outcomes)
         missing = len([f for f in g.proven_by if f not in self.files.get(g.id, ())])
         detail = [f"{counts['passed']}/{len(outcomes)} passed"]

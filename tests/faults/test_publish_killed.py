@@ -88,6 +88,16 @@ def record(disk: Path, version: str, run: str) -> BakeRecord:
                       smoke={"passed": True, "seconds": 20.0, "status": 200, "detail": "HTTP 200: Welcome to nginx"})
 
 
+def gallery_with_old_version(tmp_path: Path) -> tuple[Path, LocalTarget, Path]:
+    """A gallery holding the older version, its target, and the publisher script."""
+    gallery = tmp_path / "gallery"
+    target = LocalTarget(gallery)
+    old_disk = tmp_path / "old.qcow2"
+    old_disk.write_bytes(b"an older version")
+    target.publish(record(old_disk, OLD, "run-old"), print)
+    return gallery, target, python_script(tmp_path / "publish.py", CHILD)
+
+
 def snapshot(gallery: Path) -> dict:
     d = gallery / IMAGE
     return {
@@ -100,13 +110,8 @@ def snapshot(gallery: Path) -> dict:
 @pytest.mark.parametrize("point", ["mid-copy", "before-rename", "before-latest"])
 def test_publish_killed_then_retried(tmp_path, big_disk, point):
     disk, digest = big_disk
-    gallery = tmp_path / "gallery"
-    target = LocalTarget(gallery)
-    old_disk = tmp_path / "old.qcow2"
-    old_disk.write_bytes(b"an older version")
-    target.publish(record(old_disk, OLD, "run-old"), print)
+    gallery, target, script = gallery_with_old_version(tmp_path)
     rec = record(disk, NEW, "run-new")
-    script = python_script(tmp_path / "publish.py", CHILD)
 
     argv = [sys.executable, str(script), point, str(gallery), json.dumps(rec.to_dict()), str(SIZE // 3)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -174,13 +179,8 @@ def qemu_img_writing(publisher: int) -> tuple[psutil.Process, Path] | None:
 @pytest.mark.guarantee("publish-killed-local")
 @pytest.mark.needs_tools("qemu-img")
 def test_publish_killed_mid_convert_then_retried(tmp_path, big_qcow2):
-    gallery = tmp_path / "gallery"
-    target = LocalTarget(gallery)
-    old_disk = tmp_path / "old.qcow2"
-    old_disk.write_bytes(b"an older version")
-    target.publish(record(old_disk, OLD, "run-old"), print)
+    gallery, target, script = gallery_with_old_version(tmp_path)
     rec = record(big_qcow2, NEW, "run-new")
-    script = python_script(tmp_path / "publish.py", CHILD)
     argv = [sys.executable, str(script), "none", str(gallery), json.dumps(rec.to_dict())]
     # the publisher and its qemu-img at the lowest priority, the test watching them at its own: on a
     # loaded machine (the suite runs QEMU guests beside this test) a starved watcher would otherwise miss
