@@ -41,10 +41,10 @@ def newest_published(image: str) -> Path:
 
 
 def main() -> None:
+    from bake_overhead import boot_to_http
     from bakery.accel import detect_accelerator
     from bakery.catalogue import load_catalogue
     from bakery.targets.local import LocalTarget, store_disk
-    from bake_overhead import boot_to_http
 
     image = sys.argv[1] if len(sys.argv) > 1 else "debian12-nginx"
     source = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else newest_published(image)

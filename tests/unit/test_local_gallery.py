@@ -70,7 +70,7 @@ def test_a_qcow2_is_stored_with_zstd_compressed_clusters_self_contained_and_equa
                                      text=True, check=True).stdout)
     assert info["format"] == "qcow2" and info["format-specific"]["data"]["compression-type"] == "zstd"
     assert "backing-filename" not in info, "a published version must boot on its own"
-    same = subprocess.run(["qemu-img", "compare", "-q", str(src), str(disk)], capture_output=True, text=True)
+    same = subprocess.run(["qemu-img", "compare", "-q", str(src), str(disk)], capture_output=True, text=True, check=False)
     assert same.returncode == 0, same.stdout + same.stderr  # the guest sees the same bytes
     assert disk.stat().st_size < 0.5 * src.stat().st_size, (disk.stat().st_size, src.stat().st_size)
     assert target.metadata("img", rec.version)["size_bytes"] == disk.stat().st_size
