@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -183,7 +184,9 @@ def package_server(spec: ImageSpec, inputs: Inputs, *, log: Log, pool: PackagePo
         with PackageServer(pool, replay=index, log=log) as srv:
             yield srv
     elif inputs.mirror_urls:
-        with PackageServer(pool, mirrors=inputs.mirror_urls, log=log) as srv:
+        # a dated snapshot archive never changes; the live mirrors by the catalogue's rule (indexcache)
+        max_age = math.inf if inputs.kind == "snapshot" else spec.packages.index_max_age_hours * 3600
+        with PackageServer(pool, mirrors=inputs.mirror_urls, log=log, index_max_age=max_age) as srv:
             yield srv
     else:
         yield None
@@ -426,7 +429,8 @@ def check_changes(spec: ImageSpec, prepared: dict[str, Any], *, force_rebuild: b
     else:
         try:
             check = pending_updates(manifest, spec.packages.mirrors, pool or default_pool(), arch=spec.packages.arch,
-                                    family=spec.packages.family, log=log)
+                                    family=spec.packages.family, log=log,
+                                    index_max_age=spec.packages.index_max_age_hours * 3600)
         except UpdateCheckError as exc:
             # when in doubt, bake: a mirror this worker cannot read (down, unreachable, zstd metadata) must not
             # stop the nightly patch-rebake (the build VM installs through its own repositories)

@@ -185,6 +185,9 @@ _PACKAGES = {
         "mirrors": {"type": "array", "items": _MIRROR},
         "retention_days": {"type": "number", "minimum": 0, "maximum": 3650,
                            "description": "days a pruned version's pool index and packages are kept: 0 to 3650"},
+        "index_max_age_hours": {"type": "number", "minimum": 0, "maximum": 168,
+                                "description": "hours a mirror's InRelease/Release/repomd.xml is reused unasked when "
+                                               "the mirror sends no ETag or Last-Modified: 0 to 168"},
     },
 }
 _BACKFILL = {
@@ -286,6 +289,7 @@ class PackagesSpec:
     arch: str = "amd64"
     mirrors: tuple[Mirror, ...] = ()
     retention_days: float = 90.0
+    index_max_age_hours: float = 6.0  # bakery.packages.indexcache: only for mirrors that send no validators
 
 
 @dataclass(frozen=True)
@@ -453,7 +457,8 @@ def _packages_spec(where: str, raw: dict[str, Any], problems: list[str]) -> Pack
         mirrors.append(Mirror(url=m["url"].rstrip("/"), suites=(), components=(), snapshot=m.get("snapshot"),
                               trusted=bool(m.get("trusted", False))))
     return PackagesSpec(family=family, arch=raw.get("arch", DEFAULT_ARCH.get(family, "amd64")),
-                        mirrors=tuple(mirrors), retention_days=float(raw.get("retention_days", 90)))
+                        mirrors=tuple(mirrors), retention_days=float(raw.get("retention_days", 90)),
+                        index_max_age_hours=float(raw.get("index_max_age_hours", 6)))
 
 
 @dataclass(frozen=True)

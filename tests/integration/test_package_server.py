@@ -87,6 +87,89 @@ def test_record_pools_every_package_once_and_serves_the_next_install_from_the_po
     assert pool.size() == sum(s.size for s in first.values())  # stored once
 
 
+def record_install(tmp_path: Path, name: str, pool: PackagePool, mirror: LoopbackMirror, *, max_age: float = 0.0,
+                   want: tuple[str, ...] = WANT) -> tuple[PackageServer, PrivateApt]:
+    """What a build guest does in record mode: apt-get update + install, through a new package server."""
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    with PackageServer(pool, mirrors=[mirror.url], index_max_age=max_age) as srv:
+        apt = via_server(tmp_path, name, srv, Inputs("current", "x", mirror_urls=(mirror.url,)), mirrors)
+        apt.ok("apt-get", "update")
+        apt.ok("apt-get", "install", "-y", "--download-only", *want)
+    return srv, apt
+
+
+def test_a_second_build_downloads_nothing_and_still_sees_a_moved_mirror(tmp_path, mirror, closure, canary):
+    """The mirror sends Last-Modified: the by-name Release is revalidated on every build (304: no
+    body), so the second build downloads no byte, and a build after the mirror moved sees it at once."""
+    pool = PackagePool(tmp_path / "pool")
+    first, _ = record_install(tmp_path, "apt1", pool, mirror, max_age=3600)
+    assert first.counts["bytes_upstream"] > 0 and first.counts["revalidated"] == 0
+
+    mirror.reset_requests()
+    second, _ = record_install(tmp_path, "apt2", pool, mirror, max_age=3600)
+    assert second.counts["bytes_upstream"] == 0, second.summary()
+    assert second.counts["revalidated"] >= 1, second.summary()
+    statuses = {(path.rsplit("/", 1)[-1], status) for _, path, status in mirror.requests}
+    assert ("Release", 304) in statuses, statuses
+    assert all(status in (304, 404) for _, _, status in mirror.requests), mirror.requests  # no body came back
+
+    mirror.publish([*closure, canary["2.0"]], when=DAY2)
+    third, apt3 = record_install(tmp_path, "apt3", pool, mirror, max_age=3600, want=("bakery-canary",))
+    assert apt3.policy("bakery-canary") == ("2.0", ["2.0"])
+    assert [s.version for s in third.fetched.values()] == ["2.0"]
+
+
+@pytest.fixture
+def mirror_without_validators(tmp_path, closure, canary):
+    """A mirror (or a proxy in front of it) that sends no Last-Modified or ETag, as this machine's does."""
+    with LoopbackMirror(tmp_path / "mirror-nv", validators=False) as m:
+        m.publish([*closure, canary["1.0"]], when=DAY1)
+        yield m
+
+
+def test_without_validators_release_is_reused_for_max_age_then_fetched_again(tmp_path, mirror_without_validators,
+                                                                              closure, canary):
+    mirror = mirror_without_validators
+    pool = PackagePool(tmp_path / "pool")
+    first, _ = record_install(tmp_path, "apt1", pool, mirror, max_age=3600)
+    assert first.counts["bytes_upstream"] > 0 and first.counts["index_cache_hits"] == 0
+
+    mirror.reset_requests()
+    second, _ = record_install(tmp_path, "apt2", pool, mirror, max_age=3600)
+    assert second.counts["bytes_upstream"] == 0 and second.counts["index_cache_hits"] >= 1, second.summary()
+    assert not [r for r in mirror.requests if r[1].endswith("/Release")], mirror.requests  # not even asked
+
+    # the mirror moves: inside max_age the pooled Release (and the by-hash index it names) still serve
+    # the old state; the update check reads the same copy, so it and the build agree
+    mirror.publish([*closure, canary["2.0"]], when=DAY2)
+    installed = Manifest("deb", (Package("bakery-canary", "all", "1.0"),))
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    assert pending_updates(installed, mirrors, pool, log=lambda _: None, index_max_age=3600).pending == []
+    _, stale = record_install(tmp_path, "apt3", pool, mirror, max_age=3600, want=("bakery-canary",))
+    assert stale.policy("bakery-canary") == ("1.0", ["1.0"])
+    # max_age 0 (or an older copy): fetched again, the move is seen by both
+    moved = pending_updates(installed, mirrors, pool, log=lambda _: None, index_max_age=0)
+    assert [(c.name, c.new) for c in moved.pending] == [("bakery-canary", "2.0")]
+    _, fresh = record_install(tmp_path, "apt4", pool, mirror, max_age=3600, want=("bakery-canary",))
+    assert fresh.policy("bakery-canary") == ("2.0", ["2.0"])  # the check's fetch refreshed the pooled copy
+
+
+def test_gc_drops_a_by_name_index_file_once_unused_for_the_grace_period(tmp_path, mirror):
+    pool = PackagePool(tmp_path / "pool")
+    record_install(tmp_path, "apt1", pool, mirror, want=("bakery-canary",))
+    release = f"{mirror.url}/dists/bookworm/Release"
+    entry = pool.named(release)
+    assert entry is not None
+    import os
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
+    for blob in (pool.root / "blobs").rglob("*"):
+        if blob.is_file():
+            os.utime(blob, (old, old))
+    pool.gc(retention_days=90, grace_hours=24)
+    assert pool.named(release) is None and not pool.has_blob(entry.sha256)
+    assert not list((pool.root / "names").rglob("*/*")), "the entry of a dropped blob was left behind"
+
+
 def test_replay_offers_exactly_the_versions_packages_though_the_mirror_moved(tmp_path, mirror, closure, canary):
     pool = PackagePool(tmp_path / "pool")
     mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]

@@ -71,8 +71,10 @@ class LoopbackMirror:
     component = "main"
     arch = "amd64"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, validators: bool = True):
         self.root = Path(root)
+        # False: no Last-Modified, If-Modified-Since ignored (like a proxy that strips them)
+        self.validators = validators
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / "states", ignore_errors=True)  # states of an earlier mirror on this root
         (self.root / "states").mkdir()
@@ -307,8 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return self._reply(404, b"not found\n", body)
         file, modified = found
+        if not self.mirror.validators:
+            modified = None
         since = self.headers.get("If-Modified-Since")
-        if since:
+        if since and modified is not None:
             try:
                 if modified <= parsedate_to_datetime(since):
                     return self._reply(304, b"", False, modified)

@@ -65,3 +65,11 @@ def test_the_shipped_catalogue_gives_the_azure_images_their_distributions_reposi
     assert all(s.azure.sbom is None for s in specs.values() if s.azure)
     text = DEFAULT_CATALOGUE.read_text()
     assert "      # sbom:\n      #   conn_id: wasb_bakery_sboms" in text
+
+
+def test_index_max_age_hours_defaults_to_6_and_refuses_out_of_range_values():
+    assert parse({}).packages.index_max_age_hours == 6
+    assert parse({"index_max_age_hours": 0}).packages.index_max_age_hours == 0
+    for bad in (-1, 169, "6h"):
+        found = problems({"index_max_age_hours": bad})
+        assert len(found) == 1 and "field 'packages.index_max_age_hours'" in found[0], found

@@ -5,6 +5,8 @@ Layout (``$BAKERY_HOME/pool``)::
     blobs/sha256/<aa>/<hex>            a .deb (or an index file fetched by hash), stored once
     blobs/sha256/<aa>/<hex>.control    the .deb's control stanza (what a Packages index lists)
     urls/<aa>/<sha256 of the URL>      "<hex>": which blob an upstream pool URL gave (the cache)
+    names/<aa>/<sha256 of the URL>     JSON: which blob a by-name index file (InRelease, Release,
+                                       repomd.xml) gave, when, and its HTTP validators (indexcache.py)
     base/<hex>.qcow2                   base images that kept indexes refer to (hard links)
     indexes/<image>/<version>.json     what a published version installed, exactly
     tmp/                               blobs being written
@@ -148,6 +150,24 @@ class GcReport:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class NamedFile:
+    """A by-name index file as last fetched: its blob, when, and the validators the mirror sent."""
+
+    sha256: str
+    fetched: float  # time.time() of the last fetch or successful revalidation
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "fetched": self.fetched, "etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NamedFile:
+        return cls(sha256=data["sha256"], fetched=float(data["fetched"]), etag=data.get("etag"),
+                   last_modified=data.get("last_modified"))
+
+
 class PackagePool:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -235,6 +255,29 @@ class PackagePool:
         key.parent.mkdir(parents=True, exist_ok=True)
         tmp = key.with_name(f".{key.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(sha256 + "\n")
+        tmp.replace(key)
+
+    # ---- by-name index files (InRelease, Release, repomd.xml: bakery.packages.indexcache) -----
+    def _name_key(self, url: str) -> Path:
+        h = hashlib.sha256(url.encode()).hexdigest()
+        return self.root / "names" / h[:2] / h
+
+    def named(self, url: str) -> NamedFile | None:
+        """What the by-name file at ``url`` was when last fetched, if its blob is still in the pool."""
+        try:
+            entry = NamedFile.from_dict(json.loads(self._name_key(url).read_text()))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if not self.has_blob(entry.sha256):
+            return None
+        os.utime(self.blob_path(entry.sha256))  # recently used: the age-based gc keeps it
+        return entry
+
+    def remember_named(self, url: str, entry: NamedFile) -> None:
+        key = self._name_key(url)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key.with_name(f".{key.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(entry.to_dict()))
         tmp.replace(key)
 
     # ---- base images ------------------------------------------------------------------------
@@ -344,6 +387,15 @@ class PackagePool:
         for key in urls.glob("*/*") if urls.is_dir() else []:
             with contextlib.suppress(OSError):
                 if not self.has_blob(key.read_text().strip()):
+                    key.unlink()
+        names = self.root / "names"
+        for key in names.glob("*/*") if names.is_dir() else []:
+            with contextlib.suppress(OSError):
+                try:
+                    digest = json.loads(key.read_text())["sha256"]
+                except (ValueError, KeyError, TypeError):
+                    digest = ""  # unreadable: drop it
+                if not digest or not self.has_blob(digest):
                     key.unlink()
 
     def _drop_stale_tmp(self, cutoff: float) -> None:

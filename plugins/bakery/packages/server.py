@@ -4,7 +4,9 @@ Two modes, one per build:
 
 * **record** (inputs ``current@`` or ``snapshot@``): a path-preserving proxy to the image's mirrors.
   ``/u/<n>/<path>`` is ``<mirror n>/<path>``. Signed indices (InRelease, Release) pass through
-  untouched, so the guest's apt verifies them with its own keyring; every ``.deb`` the guest fetches
+  untouched, so the guest's apt verifies them with its own keyring; they are kept in the pool and
+  reused by the rule of :mod:`bakery.packages.indexcache` (revalidated, or fresh for
+  ``index_max_age`` seconds when the mirror sends no validators); every ``.deb`` the guest fetches
   lands in the pool (stored once by content) and is remembered, and the next request of the same
   URL is served from the pool without touching the mirror (the cache); index files fetched
   ``by-hash`` are content-addressed too and cached the same way.
@@ -33,6 +35,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
+from bakery.packages.indexcache import fetch_index
 from bakery.packages.pool import PackagePool, PoolError, PoolIndex, control_fields
 
 GUEST_HOST = "10.0.2.2"  # the host's loopback as seen from a QEMU user-network guest
@@ -95,7 +98,7 @@ class PackageServer:
     """``with PackageServer(pool, mirrors=[...]) as srv:`` (record) or ``replay=index`` (replay)."""
 
     def __init__(self, pool: PackagePool, *, mirrors: Sequence[str] = (), replay: PoolIndex | None = None,
-                 log: Callable[[str], None] = print, bind: str = "127.0.0.1"):
+                 log: Callable[[str], None] = print, bind: str = "127.0.0.1", index_max_age: float = 0.0):
         if bool(mirrors) == bool(replay):
             raise ValueError("a package server either records from mirrors or replays one index")
         self.pool = pool
@@ -104,7 +107,9 @@ class PackageServer:
         self.log = log
         self.bind = bind
         self.fetched: dict[str, Served] = {}  # sha256 -> what was served
-        self.counts = {"requests": 0, "cache_hits": 0, "upstream": 0, "bytes_upstream": 0, "not_found": 0}
+        self.index_max_age = index_max_age
+        self.counts = {"requests": 0, "cache_hits": 0, "index_cache_hits": 0, "revalidated": 0, "upstream": 0,
+                       "bytes_upstream": 0, "not_found": 0}
         self._lock = threading.Lock()
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -145,8 +150,9 @@ class PackageServer:
     def summary(self) -> str:
         c = self.counts
         return (f"package server: {c['requests']} requests, {len(self.fetched)} packages served, "
-                f"{c['cache_hits']} from the pool cache, {c['upstream']} upstream fetches "
-                f"({c['bytes_upstream'] / 1e6:.1f} MB), {c['not_found']} not found")
+                f"{c['cache_hits']} from the pool cache, {c['index_cache_hits']} by-name indices from the pool "
+                f"unasked and {c['revalidated']} revalidated (304), {c['upstream']} upstream fetches "
+                f"({c['bytes_upstream']:,} bytes), {c['not_found']} not found")
 
     # ---- routing ----------------------------------------------------------------------------
     def respond(self, path: str) -> tuple[int, bytes | Path, str]:
@@ -204,9 +210,16 @@ class PackageServer:
                 with self._lock:
                     self.counts["cache_hits"] += 1
             return 200, self.pool.blob_path(want), "application/octet-stream"
-        # everything else (InRelease, Release, Release.gpg, indices by name): fresh from the mirror
-        status, body = self._fetch_bytes(url)
-        return status, body, "application/octet-stream"
+        # everything else (InRelease, Release, Release.gpg, indices by name): the index cache's rule
+        got = fetch_index(self.pool, url, max_age=self.index_max_age, user_agent="image-bakery-package-server",
+                          timeout=UPSTREAM_TIMEOUT)
+        with self._lock:
+            if got.source == "mirror":
+                self.counts["not_found" if got.status == 404 else "upstream"] += 1
+            else:
+                self.counts["index_cache_hits" if got.source == "cache" else "revalidated"] += 1
+            self.counts["bytes_upstream"] += got.downloaded
+        return got.status, got.path if got.path is not None else got.body, "application/octet-stream"
 
     def _describe(self, digest: str, filename: str) -> Served:
         fields = control_fields(self.pool.control(digest))
@@ -238,19 +251,6 @@ class PackageServer:
             return self.pool.put_file(tmp, expect_sha256=expect, deb=deb)
         except PoolError as exc:
             raise PoolError(f"{url}: {exc}") from None
-
-    def _fetch_bytes(self, url: str) -> tuple[int, bytes]:
-        try:
-            with self._open(url) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            with self._lock:
-                self.counts["not_found" if exc.code == 404 else "upstream"] += 1
-            return exc.code, exc.read() or b""
-        with self._lock:
-            self.counts["upstream"] += 1
-            self.counts["bytes_upstream"] += len(body)
-        return 200, body
 
     # ---- replay mode ------------------------------------------------------------------------
     def _replay_repo(self, index: PoolIndex) -> dict[str, Served | bytes]:
