@@ -429,8 +429,7 @@ def check_changes(spec: ImageSpec, prepared: dict[str, Any], *, force_rebuild: b
     else:
         try:
             check = pending_updates(manifest, spec.packages.mirrors, pool or default_pool(), arch=spec.packages.arch,
-                                    family=spec.packages.family, log=log,
-                                    index_max_age=spec.packages.index_max_age_hours * 3600)
+                                    family=spec.packages.family, log=log)
         except UpdateCheckError as exc:
             # when in doubt, bake: a mirror this worker cannot read (down, unreachable, zstd metadata) must not
             # stop the nightly patch-rebake (the build VM installs through its own repositories)

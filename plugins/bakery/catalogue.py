@@ -186,8 +186,8 @@ _PACKAGES = {
         "retention_days": {"type": "number", "minimum": 0, "maximum": 3650,
                            "description": "days a pruned version's pool index and packages are kept: 0 to 3650"},
         "index_max_age_hours": {"type": "number", "minimum": 0, "maximum": 168,
-                                "description": "hours a mirror's InRelease/Release/repomd.xml is reused unasked when "
-                                               "the mirror sends no ETag or Last-Modified: 0 to 168"},
+                                "description": "hours a build reuses a mirror's InRelease/Release unasked when the mirror "
+                                               "sends no ETag or Last-Modified: 0 to 168"},
     },
 }
 _BACKFILL = {

@@ -139,19 +139,23 @@ def test_without_validators_release_is_reused_for_max_age_then_fetched_again(tmp
     assert second.counts["bytes_upstream"] == 0 and second.counts["index_cache_hits"] >= 1, second.summary()
     assert not [r for r in mirror.requests if r[1].endswith("/Release")], mirror.requests  # not even asked
 
-    # the mirror moves: inside max_age the pooled Release (and the by-hash index it names) still serve
-    # the old state; the update check reads the same copy, so it and the build agree
+    # the mirror moves: inside max_age a build alone still gets the pooled Release (and the by-hash
+    # index it names): the old state
     mirror.publish([*closure, canary["2.0"]], when=DAY2)
-    installed = Manifest("deb", (Package("bakery-canary", "all", "1.0"),))
-    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
-    assert pending_updates(installed, mirrors, pool, log=lambda _: None, index_max_age=3600).pending == []
     _, stale = record_install(tmp_path, "apt3", pool, mirror, max_age=3600, want=("bakery-canary",))
     assert stale.policy("bakery-canary") == ("1.0", ["1.0"])
-    # max_age 0 (or an older copy): fetched again, the move is seen by both
-    moved = pending_updates(installed, mirrors, pool, log=lambda _: None, index_max_age=0)
+    # the update check (check_changes, before a build of the same run) always asks: it sees the move
+    # and refreshes the pooled copy, so the build that follows installs what the check judged
+    installed = Manifest("deb", (Package("bakery-canary", "all", "1.0"),))
+    mirrors = [Mirror(mirror.url, ("bookworm",), trusted=True)]
+    moved = pending_updates(installed, mirrors, pool, log=lambda _: None)
     assert [(c.name, c.new) for c in moved.pending] == [("bakery-canary", "2.0")]
     _, fresh = record_install(tmp_path, "apt4", pool, mirror, max_age=3600, want=("bakery-canary",))
-    assert fresh.policy("bakery-canary") == ("2.0", ["2.0"])  # the check's fetch refreshed the pooled copy
+    assert fresh.policy("bakery-canary") == ("2.0", ["2.0"])
+    # max_age 0: a build always fetches
+    mirror.publish([*closure, canary["1.0"]], when=DAY2 + timedelta(hours=1))
+    _, zero = record_install(tmp_path, "apt5", pool, mirror, max_age=0, want=("bakery-canary",))
+    assert zero.policy("bakery-canary") == ("1.0", ["1.0"])
 
 
 def test_gc_drops_a_by_name_index_file_once_unused_for_the_grace_period(tmp_path, mirror):

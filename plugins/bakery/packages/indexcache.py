@@ -8,9 +8,13 @@ reads *by name* change when the mirror moves, so they need a freshness rule. One
   GET); ``304 Not Modified`` serves the pooled copy and downloads no body. A moved mirror is seen at
   once.
 * it sent none (some proxies strip them): the pooled copy is served without asking while it is
-  younger than ``max_age`` seconds (catalogue ``packages.index_max_age_hours``); after that it is
-  fetched again. ``max_age`` 0: always fetched. URLs that can never change (a dated snapshot
-  archive) take ``math.inf``.
+  younger than ``max_age`` seconds; after that it is fetched again. ``max_age`` 0: always fetched.
+
+The pending-update check (``updates.py``) always asks (``max_age`` 0): it decides whether to bake, so
+it must see the mirror as it is, and it refreshes the pooled copy. A build's package server reuses a
+copy younger than the catalogue's ``packages.index_max_age_hours``: in a nightly that is the copy
+the check of the same run just read, so the build installs from the state the check judged; a
+dated snapshot archive never changes (``math.inf``).
 
 The body lives in the pool's blobs (gc drops it once unused for the grace period) and its entry
 under ``names/`` (:meth:`PackagePool.remember_named`). No Airflow import here.

@@ -26,6 +26,7 @@ import hashlib
 import http.server
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,6 +68,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
+        started = time.monotonic()
+        try:
+            self._answer(head)
+        finally:
+            self.server.owner.busy(time.monotonic() - started)
+
+    def _answer(self, head: bool) -> None:
         try:
             status, body, ctype = self.server.owner.respond(self.path)
         except Exception as exc:  # noqa: BLE001 - the guest gets a 502 and our log the reason
@@ -108,6 +116,7 @@ class PackageServer:
         self.bind = bind
         self.fetched: dict[str, Served] = {}  # sha256 -> what was served
         self.index_max_age = index_max_age
+        self.serve_seconds = 0.0  # summed over requests: from a request's arrival to its last byte sent
         self.counts = {"requests": 0, "cache_hits": 0, "index_cache_hits": 0, "revalidated": 0, "upstream": 0,
                        "bytes_upstream": 0, "not_found": 0}
         self._lock = threading.Lock()
@@ -143,6 +152,10 @@ class PackageServer:
 
     def guest_url(self) -> str:
         return self.url(GUEST_HOST)
+
+    def busy(self, seconds: float) -> None:
+        with self._lock:
+            self.serve_seconds += seconds
 
     def log_request(self, line: str) -> None:
         pass  # per-request lines would drown the build log; counts are reported at the end

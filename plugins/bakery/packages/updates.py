@@ -1,16 +1,17 @@
 """Pending package updates of a published version, from the mirrors' current indices (no VM).
 
-**deb** (Debian, Ubuntu): for each mirror and suite the (In)Release file (revalidated, or reused
-while younger than ``index_max_age`` if the mirror sends no validators:
-:mod:`bakery.packages.indexcache`); from it the SHA256 of ``<component>/binary-<arch>/Packages.xz``
-(or ``.gz``, or plain), fetched by hash when the archive offers it and kept in the pool by content (an unchanged index is never downloaded twice). Only the
+**deb** (Debian, Ubuntu): for each mirror and suite the (In)Release file, asked of the mirror every
+time (revalidated when it sends validators: :mod:`bakery.packages.indexcache`; the pooled copy this
+refreshes is what the build of the same run reuses); from it the SHA256 of
+``<component>/binary-<arch>/Packages.xz`` (or ``.gz``, or plain), fetched by hash when the archive
+offers it and kept in the pool by content (an unchanged index is never downloaded twice). Only the
 stanzas of packages in the manifest are read; versions are compared with ``python-debian`` the way
 apt does.
 
 **rpm** (the RHEL family): each mirror ``url`` is a repository base URL (the folder that holds
 ``repodata/``, e.g. ``https://repo.almalinux.org/almalinux/9/BaseOS/x86_64/os``). Its
-``repodata/repomd.xml`` (the same rule) names the ``primary`` metadata file and its checksum; that file is
-kept in the pool by its sha256 like the Debian indices (fetched once per content), decompressed as
+``repodata/repomd.xml``, asked for the same way, names the ``primary`` metadata file and its
+checksum; that file is kept in the pool by its sha256 like the Debian indices (fetched once per content), decompressed as
 it is read (``.gz``, ``.xz``, ``.bz2``: the standard library; a ``.zst`` one is an error naming the
 file: Python 3.11 has no zstd decompressor and the bakery ships no zstd library) and parsed as a
 stream (``iterparse``, every package element dropped once read: AppStream's primary.xml is large).
@@ -97,10 +98,12 @@ def _get(url: str) -> bytes | None:
 
 
 # ---- deb ----------------------------------------------------------------------------------------
-def _get_named(url: str, pool: PackagePool, max_age: float) -> bytes | None:
-    """A by-name index file through the pool's index cache (bakery.packages.indexcache)."""
+def _get_named(url: str, pool: PackagePool) -> bytes | None:
+    """A by-name index file, asked of the mirror every time (revalidated when the pooled copy has
+    validators: a 304 downloads nothing); the pooled copy is refreshed, so the build that follows in
+    the same run reuses exactly what this check read (bakery.packages.indexcache)."""
     try:
-        got = fetch_index(pool, url, max_age=max_age, user_agent="image-bakery-update-check", timeout=TIMEOUT)
+        got = fetch_index(pool, url, max_age=0, user_agent="image-bakery-update-check", timeout=TIMEOUT)
     except urllib.error.URLError as exc:
         raise UpdateCheckError(f"{url}: {exc.reason}") from None
     if got.status == 404:
@@ -110,20 +113,19 @@ def _get_named(url: str, pool: PackagePool, max_age: float) -> bytes | None:
     return got.path.read_bytes()
 
 
-def _release(mirror: Mirror, suite: str, pool: PackagePool, max_age: float):
+def _release(mirror: Mirror, suite: str, pool: PackagePool):
     from debian.deb822 import Release
 
     base = f"{mirror.url.rstrip('/')}/dists/{suite}"
     for name in ("InRelease", "Release"):
-        body = _get_named(f"{base}/{name}", pool, max_age)
+        body = _get_named(f"{base}/{name}", pool)
         if body is not None:
             return Release(body.decode("utf-8", "replace")), f"{base}/{name}"
     raise UpdateCheckError(f"{base}: neither InRelease nor Release exists (is the suite {suite!r} right?)")
 
 
-def _packages_index(mirror: Mirror, suite: str, component: str, arch: str, pool: PackagePool,
-                    max_age: float) -> tuple[bytes, str]:
-    release, where = _release(mirror, suite, pool, max_age)
+def _packages_index(mirror: Mirror, suite: str, component: str, arch: str, pool: PackagePool) -> tuple[bytes, str]:
+    release, where = _release(mirror, suite, pool)
     listed = {e["name"]: e for e in release.get("SHA256", [])}
     by_hash = str(release.get("Acquire-By-Hash", "")).lower() == "yes"
     base = f"{mirror.url.rstrip('/')}/dists/{suite}"
@@ -170,7 +172,7 @@ def _versions(index: bytes, names: set[str]) -> dict[tuple[str, str], str]:
 
 
 def _deb_candidates(mirrors: Sequence[Mirror], names: set[str], arch: str, pool: PackagePool,
-                    check: UpdateCheck, max_age: float) -> dict[tuple[str, str], list[str]]:
+                    check: UpdateCheck) -> dict[tuple[str, str], list[str]]:
     candidates: dict[tuple[str, str], str] = {}
     for n, mirror in enumerate(mirrors):
         if not mirror.suites:
@@ -178,7 +180,7 @@ def _deb_candidates(mirrors: Sequence[Mirror], names: set[str], arch: str, pool:
                                    "is read suite by suite (e.g. suites: [bookworm, bookworm-updates])")
         for suite in mirror.suites:
             for component in mirror.components:
-                text, where = _packages_index(mirror, suite, component, arch, pool, max_age)
+                text, where = _packages_index(mirror, suite, component, arch, pool)
                 check.indices.append(where)
                 for key, version in _versions(text, names).items():
                     old = candidates.get(key)
@@ -199,11 +201,11 @@ def is_modular(version: str) -> bool:
     return bool(_MODULAR.search(version.rpartition("-")[2]))
 
 
-def _repomd(mirror: Mirror, n: int, pool: PackagePool, max_age: float) -> tuple[str, str, str, str]:
-    """(primary URL, checksum type, checksum, repomd URL) from the repository's repomd.xml (indexcache's rule)."""
+def _repomd(mirror: Mirror, n: int, pool: PackagePool) -> tuple[str, str, str, str]:
+    """(primary URL, checksum type, checksum, repomd URL) from the repository's repomd.xml, asked for fresh."""
     base = mirror.url.rstrip("/")
     where = f"{base}/repodata/repomd.xml"
-    body = _get_named(where, pool, max_age)
+    body = _get_named(where, pool)
     if body is None:
         raise UpdateCheckError(
             f"{where}: not found: packages.mirrors[{n}].url of an rpm image must be a repository base URL, the "
@@ -306,10 +308,10 @@ def _primary_versions(stream: IO[bytes], names: set[str]):
 
 
 def _rpm_candidates(mirrors: Sequence[Mirror], names: set[str], pool: PackagePool,
-                    check: UpdateCheck, max_age: float) -> dict[tuple[str, str], list[str]]:
+                    check: UpdateCheck) -> dict[tuple[str, str], list[str]]:
     found: dict[tuple[str, str], list[str]] = {}
     for n, mirror in enumerate(mirrors):
-        url, algorithm, digest, where = _repomd(mirror, n, pool, max_age)
+        url, algorithm, digest, where = _repomd(mirror, n, pool)
         if url.endswith(".zst"):
             raise _zstd_error(url, where)  # before downloading it
         path = _fetch_by_checksum(url, algorithm, digest, where, pool)
@@ -332,11 +334,9 @@ def _highest(family: str, versions: Sequence[str]) -> str | None:
 
 
 def pending_updates(manifest: Manifest, mirrors: Sequence[Mirror], pool: PackagePool, *, arch: str = "amd64",
-                    family: str | None = None, log: Callable[[str], None] = print,
-                    index_max_age: float = 0.0) -> UpdateCheck:
+                    family: str | None = None, log: Callable[[str], None] = print) -> UpdateCheck:
     """What the mirrors offer newer than the manifest's packages (``family``: the catalogue's
-    ``packages.family``, which must be the manifest's). The mirrors' InRelease / Release / repomd.xml
-    are read by :mod:`bakery.packages.indexcache`'s rule with ``index_max_age`` seconds."""
+    ``packages.family``, which must be the manifest's)."""
     if family is not None and family != manifest.family:
         raise UpdateCheckError(f"the catalogue's packages.family is {family!r}, but the version's package manifest "
                                f"is {manifest.family!r}: fix packages.family (deb for Debian/Ubuntu, rpm for the "
@@ -346,9 +346,9 @@ def pending_updates(manifest: Manifest, mirrors: Sequence[Mirror], pool: Package
     names = manifest.names()
     check = UpdateCheck()
     if manifest.family == "deb":
-        found = _deb_candidates(mirrors, names, arch, pool, check, index_max_age)
+        found = _deb_candidates(mirrors, names, arch, pool, check)
     elif manifest.family == "rpm":
-        found = _rpm_candidates(mirrors, names, pool, check, index_max_age)
+        found = _rpm_candidates(mirrors, names, pool, check)
     else:  # pragma: no cover - Manifest refuses other families
         raise UpdateCheckError(f"no pending-update check for package family {manifest.family!r}")
     for p in manifest.packages:
