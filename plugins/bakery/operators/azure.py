@@ -12,7 +12,6 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from bakery import bake
 from bakery.operators.bake import (
     _required,
     _spec,
@@ -64,6 +63,8 @@ class AzurePackerOperator(PackerOperator):
         return dict(self._sensitive)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from bakery import bake
+
         check_template_dir(self.template_dir, self.task_id)  # the folder prepare rendered
         self._sensitive = None  # read the connection on every try (it may have been fixed meanwhile)
         if self.command != "build":
@@ -101,6 +102,8 @@ class AzureSmokeSetupOperator(BaseOperator):
         self.built = built  # build's XCom
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery import bake
+
         spec = _spec(self.image)
         target = make_target(spec)
         try:
@@ -126,6 +129,8 @@ class AzureSmokeCheckOperator(BaseOperator):
         self.setup = setup  # smoke_setup's XCom (the record with the VM's address)
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery import bake
+
         spec = _spec(self.image)
         rec = _record(self.setup, "setup", self.task_id)
         target = make_target(spec)
@@ -154,6 +159,8 @@ class AzureSmokeTeardownOperator(BaseOperator):
         self.check_task_id = check_task_id
 
     def execute(self, context) -> list[str]:
+        from bakery import bake
+
         spec = _spec(self.image)
         rec = _record(self.setup, "setup", self.task_id)
         # pulled, not an XComArg: the check may not have run (its verdict is then absent, not an error)

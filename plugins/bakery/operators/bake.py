@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import BaseOperator
 
-from bakery import bake
 from bakery.catalogue import get_image
 from bakery.operators.assets import emit_published
 from bakery.operators.links import BUILD_LINKS, PUBLISH_LINKS
 from bakery.operators.packer import PackerOperator, _as_mapping
 from bakery.record import BakeRecord
-from bakery.sshkey import ephemeral_keypair
-from bakery.targets.base import SmokeCheck
+
+if TYPE_CHECKING:
+    from bakery.targets.base import SmokeCheck
 
 
 def _spec(image: str):
@@ -25,6 +25,8 @@ def _spec(image: str):
 def make_target(spec):
     """The image's target, ready to use: for Azure with SDK clients from its connection (built on
     first use, from ``AzureImageHook``; nothing is resolved at DAG parse time)."""
+    from bakery import bake
+
     if spec.target == "azure":
         from bakery.hooks.azure import AzureImageHook
 
@@ -90,6 +92,7 @@ class PrepareBakeOperator(BaseOperator):
         self.check_conf(getattr(dag_run, "conf", None))
         from airflow.sdk.exceptions import AirflowFailException
 
+        from bakery import bake
         from bakery.packages.inputs import InputsError
 
         spec = _spec(self.image)
@@ -143,6 +146,8 @@ class CheckChangesOperator(BaseOperator, BranchMixIn):
         self.replace_existing = replace_existing
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery import bake
+
         prepared = _required(self.prepared, "prepared", self.task_id)
         spec = _spec(self.image)
         target = make_target(spec)
@@ -180,6 +185,7 @@ class QemuPackerOperator(PackerOperator):
 
     def execute(self, context) -> dict[str, Any]:
         from bakery.preflight import check_base_image
+        from bakery.sshkey import ephemeral_keypair
 
         check_template_dir(self.template_dir, self.task_id)
         check_base_image(_as_mapping(self.variables, "variables"))  # before any key or Packer run
@@ -195,6 +201,7 @@ class QemuPackerOperator(PackerOperator):
             return self._build(context, BakeRecord.from_dict(prepared["record"]))
 
     def _build(self, context, rec: BakeRecord) -> dict[str, Any]:
+        from bakery import bake
         from bakery.packages.inputs import Inputs, b64, guest_apt_config
 
         spec = _spec(rec.image)
@@ -233,6 +240,8 @@ def check_template_dir(template_dir: Any, task_id: str) -> None:
 
 def smoke_check_of(spec, params) -> SmokeCheck:
     """The catalogue's HTTP check with the run's timeout (Param smoke_timeout_seconds)."""
+    from bakery.targets.base import SmokeCheck
+
     timeout = params.get("smoke_timeout_seconds") if params else None
     return SmokeCheck(**{**spec.smoke_test.__dict__,
                          "timeout_seconds": int(timeout if timeout is not None else spec.smoke_test.timeout_seconds)})
@@ -252,6 +261,8 @@ class SmokeTestOperator(BaseOperator):
         self.built = built  # build's XCom
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery import bake
+
         prepared = _required(self.prepared, "prepared", self.task_id)
         built = _required(self.built, "built", self.task_id)
         spec = _spec(self.image)
@@ -320,6 +331,8 @@ class PublishOperator(BaseOperator):
         self.replace_existing = replace_existing
 
     def execute(self, context) -> dict[str, Any]:
+        from bakery import bake
+
         rec = BakeRecord.from_dict(_required(self.record, "record", self.task_id))
         spec = _spec(rec.image)
         target = make_target(spec)
@@ -395,6 +408,7 @@ class ReplicationWaitOperator(BaseOperator):
                    timeout=timedelta(seconds=self.timeout_seconds + 600))
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict[str, Any]:
+        from bakery import bake
         from bakery.targets.azure import AzureTargetError
 
         rec = BakeRecord.from_dict(_required(self.record, "record", self.task_id))
@@ -432,6 +446,8 @@ class PruneOperator(BaseOperator):
         self.dry_run = dry_run
 
     def execute(self, context) -> list[str]:
+        from bakery import bake
+
         published = self.published
         protect = {published["version"]} if published else set()
         spec = _spec(self.image)

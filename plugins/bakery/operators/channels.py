@@ -7,7 +7,6 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from bakery import bake
 from bakery.operators.bake import _spec, close_target, make_target, triggered_by
 
 
@@ -32,6 +31,7 @@ class ChannelOperator(BaseOperator):
     def execute(self, context) -> list[dict[str, Any]]:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from bakery import bake
         from bakery.channels import Actor, ChannelError
 
         dag_run = context["dag_run"]

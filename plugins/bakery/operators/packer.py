@@ -23,11 +23,12 @@ import ast
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from bakery.packer.runner import PackerError, PackerResult, PackerRunner
+if TYPE_CHECKING:  # the runner is imported when a task runs, not when a DAG file is parsed
+    from bakery.packer.runner import PackerResult, PackerRunner
 
 Command = Literal["init", "validate", "build"]
 COMMANDS = ("init", "validate", "build")
@@ -132,6 +133,8 @@ class PackerOperator(BaseOperator):
         return {}
 
     def make_runner(self, context: Any) -> PackerRunner:
+        from bakery.packer.runner import PackerRunner
+
         sensitive = dict(self.get_sensitive_variables(context) or {})
         if sensitive:
             from airflow.sdk.log import mask_secret
@@ -168,6 +171,8 @@ class PackerOperator(BaseOperator):
         return (path if path.is_absolute() else cwd / path).resolve().parent
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from bakery.packer.runner import PackerError
+
         runner = self._runner = self.make_runner(context)
         try:
             version = runner.version()

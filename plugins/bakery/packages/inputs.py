@@ -20,9 +20,10 @@ from __future__ import annotations
 import base64
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from bakery.packages.pool import PackagePool, PoolIndex
+if TYPE_CHECKING:  # only annotations here: the catalogue (read at DAG parse) imports this module for Mirror
+    from bakery.packages.pool import PackagePool, PoolIndex
 
 SNAPSHOT_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
