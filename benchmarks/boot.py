@@ -127,7 +127,8 @@ def boot(disk: Path, check, vm_options: dict, variant: dict, ssh_key: tuple[Path
     ``ssh_key``, also the guest's breakdown read over SSH afterwards."""
     from bakery.http_check import poll_http
 
-    options = {**vm_options, **variant, "extra_args": [*vm_options.get("extra_args", ()), *variant.get("extra_args", ())]}
+    options = {**vm_options, **variant,
+               "extra_args": [*vm_options.get("extra_args", ()), *variant.get("extra_args", ())]}
     if ssh_key is not None:
         options.update(extra_guest_ports=[22], fw_cfg={"opt/bakery/authorized_keys": ssh_key[1]})
     started = time.monotonic()
