@@ -51,10 +51,6 @@ GUEST_COMMANDS = ("timeout 300 systemctl is-system-running --wait >/dev/null; sy
                   "systemd-analyze critical-chain --no-pager nginx.service")
 
 
-def quiet(_line: str) -> None:
-    return None
-
-
 def debugfs(fs: str, request: str) -> str:
     proc = subprocess.run(["debugfs", "-R", request, fs], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -112,11 +108,16 @@ def vm_class():
     return VM
 
 
+def merged(vm_options: dict, variant: dict, *extra_args: str) -> dict:
+    """The QemuVM options of ``variant`` over the common ones, their ``extra_args`` joined (plus ``extra_args``)."""
+    return {**vm_options, **variant,
+            "extra_args": [*vm_options.get("extra_args", ()), *variant.get("extra_args", ()), *extra_args]}
+
+
 def tcg_threads(disk: Path, vm_options: dict, variant: dict) -> str:
     """The names of QEMU's vCPU threads (``CPU 0/TCG``... one per vCPU: multi-threaded; ``ALL CPUs/TCG``:
     single-threaded) for ``variant``, read from a paused QEMU (``-S``: the guest does not run)."""
-    extra = [*vm_options.get("extra_args", ()), *variant.get("extra_args", ()), "-S", "-name", "debug-threads=on"]
-    with vm_class()(disk, **{**vm_options, **variant, "extra_args": extra}) as vm:
+    with vm_class()(disk, **merged(vm_options, variant, "-S", "-name", "debug-threads=on")) as vm:
         names = sorted((task / "comm").read_text().strip() for task in Path(f"/proc/{vm.pid}/task").iterdir())
     return ", ".join(n for n in names if "/TCG" in n) or "no TCG threads"
 
@@ -125,10 +126,11 @@ def boot(disk: Path, check, vm_options: dict, variant: dict, ssh_key: tuple[Path
          ) -> tuple[float, str]:
     """Seconds from starting QEMU (as the smoke test counts them) to the expected HTTP answer; with
     ``ssh_key``, also the guest's breakdown read over SSH afterwards."""
+    from bake_overhead import quiet
+
     from bakery.http_check import poll_http
 
-    options = {**vm_options, **variant,
-               "extra_args": [*vm_options.get("extra_args", ()), *variant.get("extra_args", ())]}
+    options = merged(vm_options, variant)
     if ssh_key is not None:
         options.update(extra_guest_ports=[22], fw_cfg={"opt/bakery/authorized_keys": ssh_key[1]})
     started = time.monotonic()

@@ -62,10 +62,12 @@ FLOOR = textwrap.dedent(
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG, Asset, Param
 
-    def _schedule(s):
-        if not {schedules} or s is None or isinstance(s, str):
-            return s if {schedules} else None
-        return [Asset(name=name, uri=uri) for name, uri in s["assets"]]
+    def _schedule(s):  # the real DAG's schedule (a cron/preset string, None, or its assets), or None for all
+        if not {schedules}:
+            return None
+        if isinstance(s, dict):
+            return [Asset(name=name, uri=uri) for name, uri in s["assets"]]
+        return s
 
     for _dag_id, _shape in json.loads(open({shapes!r}).read()).items():
         with DAG(_dag_id, schedule=_schedule(_shape["schedule"]), start_date=datetime(2026, 1, 1, tzinfo=UTC),
