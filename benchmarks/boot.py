@@ -17,21 +17,32 @@ TCG, one by one, in one run.
   smoke test is changed here. Which TCG threading QEMU picks by default is printed first: the vCPU
   threads' names of a paused QEMU (``-S``, ``-name debug-threads=on``) started with each setting.
 
-Every boot is polled every 0.25 s (the smoke test polls every 2 s; the same poll for every variant),
+Every boot is polled every 0.25 s (the local smoke test polls every 0.5 s; the same poll for every variant),
 ``rounds`` rounds (default 3), each round booting every variant once in the same order, so machine
 noise hits them alike; medians are compared. Goal (issue 11): bootloader / floor <= 1.5.
 
-Then the guest's own breakdown: one more boot of each of bootloader and floor with an ephemeral SSH
-key handed in through QEMU fw_cfg (``opt/bakery/authorized_keys``, as Packer's build does; the image
-keeps the base image's unit that installs it) and guest port 22 forwarded; once HTTP answers, over SSH:
-``systemd-analyze``, ``systemd-analyze blame`` (top 10) and ``systemd-analyze critical-chain
-nginx.service``. These two boots are not in the medians (they carry the key and a second forward).
+Then the guest's own breakdown: one more boot of each bootloader and floor (today's too, with --today)
+with an ephemeral SSH key handed in through QEMU fw_cfg (``opt/bakery/authorized_keys``, as Packer's build
+does; the image keeps the base image's unit that installs it) and guest port 22 forwarded; once HTTP
+answers, over SSH: ``systemd-analyze``, ``systemd-analyze blame`` (top 10) and ``systemd-analyze
+critical-chain nginx.service``. These boots are not in the medians (they carry the key and a second forward).
 
-    source scripts/env.sh && python benchmarks/boot.py [image] [disk.qcow2] [rounds]
+The build's boot: ``--base DISK`` boots a base image to the first SSH login with an ephemeral key through
+fw_cfg, as Packer's build reaches its VM (twice: the new base image, then today's, for their ratio).
+
+Today's image against the new one, in the same run (issue 11: at most half of today's boot to HTTP):
+``--today DISK`` adds the bootloader and floor boots of the same image baked on today's base image to
+every round. Changes to the kernel command line are measured one at a time as floor variants of today's
+image (``--append ARG``: the argument added, ``--drop ARG``: taken out of GRUB's command line).
+
+    source scripts/env.sh && python benchmarks/boot.py [image] [disk.qcow2] [rounds] [--today today.qcow2]
+        [--compare other.qcow2] [--append ARG] [--drop ARG] [--base new-base.qcow2 --base today-base.qcow2]
+        [--no-qemu-options]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -114,16 +125,16 @@ def merged(vm_options: dict, variant: dict, *extra_args: str) -> dict:
             "extra_args": [*vm_options.get("extra_args", ()), *variant.get("extra_args", ()), *extra_args]}
 
 
-def tcg_threads(disk: Path, vm_options: dict, variant: dict) -> str:
+def tcg_threads(vm_options: dict, variant: dict) -> str:
     """The names of QEMU's vCPU threads (``CPU 0/TCG``... one per vCPU: multi-threaded; ``ALL CPUs/TCG``:
     single-threaded) for ``variant``, read from a paused QEMU (``-S``: the guest does not run)."""
-    with vm_class()(disk, **merged(vm_options, variant, "-S", "-name", "debug-threads=on")) as vm:
+    options = merged(vm_options, variant, "-S", "-name", "debug-threads=on")
+    with vm_class()(options.pop("disk"), **options) as vm:
         names = sorted((task / "comm").read_text().strip() for task in Path(f"/proc/{vm.pid}/task").iterdir())
     return ", ".join(n for n in names if "/TCG" in n) or "no TCG threads"
 
 
-def boot(disk: Path, check, vm_options: dict, variant: dict, ssh_key: tuple[Path, Path] | None = None
-         ) -> tuple[float, str]:
+def boot(check, vm_options: dict, variant: dict, ssh_key: tuple[Path, Path] | None = None) -> tuple[float, str]:
     """Seconds from starting QEMU (as the smoke test counts them) to the expected HTTP answer; with
     ``ssh_key``, also the guest's breakdown read over SSH afterwards."""
     from bake_overhead import quiet
@@ -131,6 +142,7 @@ def boot(disk: Path, check, vm_options: dict, variant: dict, ssh_key: tuple[Path
     from bakery.http_check import poll_http
 
     options = merged(vm_options, variant)
+    disk = options.pop("disk")
     if ssh_key is not None:
         options.update(extra_guest_ports=[22], fw_cfg={"opt/bakery/authorized_keys": ssh_key[1]})
     started = time.monotonic()
@@ -144,10 +156,14 @@ def boot(disk: Path, check, vm_options: dict, variant: dict, ssh_key: tuple[Path
     return result.seconds, guest
 
 
+def ssh_command(port: int, private_key: Path) -> list[str]:
+    return ["ssh", "-p", str(port), "-i", str(private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10", "root@127.0.0.1"]
+
+
 def guest_breakdown(port: int, private_key: Path) -> str:
-    ssh = ["ssh", "-p", str(port), "-i", str(private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-           "-o", "ConnectTimeout=10", "root@127.0.0.1"]
+    ssh = ssh_command(port, private_key)
     deadline = time.monotonic() + 300
     while True:
         probe = subprocess.run([*ssh, "true"], capture_output=True, text=True, timeout=60, check=False)
@@ -160,6 +176,50 @@ def guest_breakdown(port: int, private_key: Path) -> str:
     return (proc.stdout + proc.stderr).rstrip()
 
 
+def boot_to_ssh(disk: Path, vm_options: dict) -> float:
+    """Seconds from starting QEMU to the first SSH login as root with an ephemeral key handed in through
+    fw_cfg: how Packer's build reaches its VM (same memory, vCPUs and key path; ``-snapshot`` where Packer
+    boots its own copy of the base image)."""
+    from bakery.sshkey import ephemeral_keypair
+
+    with ephemeral_keypair("bakery-bench-boot") as (private, public):
+        started = time.monotonic()
+        options = {**vm_options, "fw_cfg": {"opt/bakery/authorized_keys": public}}
+        with vm_class()(disk, guest_port=22, **options) as vm:
+            command = [*ssh_command(vm.host_port, private), "true"]
+            while time.monotonic() - started < 600:
+                if subprocess.run(command, capture_output=True, timeout=60, check=False).returncode == 0:
+                    return time.monotonic() - started
+                if not vm.is_running():
+                    break
+                time.sleep(POLL_SECONDS)
+            raise SystemExit(f"{disk}: no SSH login within 600 s\n{vm.serial_tail(15)}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Boot to HTTP of a baked image against its floor (issue 11 part 2).")
+    ap.add_argument("image", nargs="?", default="debian12-nginx")
+    ap.add_argument("disk", nargs="?", default="", help="the image's disk (default: its newest published version)")
+    ap.add_argument("rounds", nargs="?", type=int, default=3)
+    ap.add_argument("--today", metavar="DISK", type=Path,
+                    help="the same image baked on today's base image: its bootloader and floor boots join every "
+                         "round, and the new bootloader boot is compared with today's (goal <= 0.5)")
+    ap.add_argument("--compare", metavar="DISK", type=Path, action="append", default=[],
+                    help="another build of the image (for example with one change fewer): its bootloader boot "
+                         "joins every round, and its ratio to the new image's is printed")
+    ap.add_argument("--append", metavar="ARG", action="append", default=[],
+                    help="a floor variant with this kernel argument added (one change measured at a time); "
+                         "booted from --today's kernel if given, else from the image's")
+    ap.add_argument("--drop", metavar="ARG", action="append", default=[],
+                    help="a floor variant with this kernel argument taken out of GRUB's command line")
+    ap.add_argument("--base", metavar="DISK", type=Path, action="append", default=[],
+                    help="a base image (scripts/build-base-image.sh) to boot to SSH as Packer's build does, in every "
+                         "round; give it twice (the new base image, then today's) for their ratio")
+    ap.add_argument("--no-qemu-options", action="store_true",
+                    help="leave out the QEMU option variants (TCG threading, -cpu max, virtio-rng)")
+    return ap.parse_args(argv)
+
+
 def main() -> None:
     from gallery_storage import newest_published
 
@@ -168,9 +228,9 @@ def main() -> None:
     from bakery.sshkey import ephemeral_keypair
     from bakery.targets.local import LocalTarget
 
-    image = sys.argv[1] if len(sys.argv) > 1 else "debian12-nginx"
-    disk = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else newest_published(image)
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    args = parse_args(sys.argv[1:])
+    image, rounds = args.image, args.rounds
+    disk = Path(args.disk) if args.disk else newest_published(image)
     check = load_catalogue()[image].smoke_test
     target = LocalTarget()
     accelerator = detect_accelerator()
@@ -179,45 +239,92 @@ def main() -> None:
                   "isolated": True, "name": f"bakery-bench-boot-{image}"}
     with tempfile.TemporaryDirectory(prefix="bakery-boot-") as tmp_s:
         tmp = Path(tmp_s)
-        t0 = time.monotonic()
-        kernel, initrd, cmdline, entry = kernel_of(disk, tmp)
         print(f"{image}: {disk} (accelerator {accelerator}, {target.vm_cpus} vCPUs, {target.vm_memory_mb} MiB; "
               f"HTTP {check.expect_status} with {check.expect_text!r} on port {check.port}, polled every "
               f"{POLL_SECONDS} s)", flush=True)
-        print(f"GRUB's default entry: {entry} (kernel and initrd copied out in {time.monotonic() - t0:.1f} s)",
-              flush=True)
-        variants = {
-            "bootloader": {},
-            "floor": {"extra_args": ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]},
-        }
-        if accelerator == "tcg":
-            variants["bootloader + -accel tcg,thread=multi"] = {"accel_opts": "tcg,thread=multi"}
-            variants["bootloader + -accel tcg,thread=single"] = {"accel_opts": "tcg,thread=single"}
-            print("vCPU threads: " + "; ".join(
-                f"{name.removeprefix('bootloader + ') if '+' in name else 'today'}: "
-                f"{tcg_threads(disk, vm_options, variants[name])}"
-                for name in ("bootloader", "bootloader + -accel tcg,thread=multi",
-                             "bootloader + -accel tcg,thread=single")), flush=True)
-        variants["bootloader + -cpu max"] = {"cpu_model": "max"}
-        variants["bootloader + -device virtio-rng-pci"] = {"extra_args": ["-device", "virtio-rng-pci"]}
-        times: dict[str, list[float]] = {name: [] for name in variants}
+        disks = {"": disk, "today: ": args.today} if args.today else {"": disk}
+        floors: dict[str, tuple[Path, Path, str]] = {}
+        for label, d in disks.items():
+            (tmp / label.strip(": ")).mkdir(exist_ok=True)
+            t0 = time.monotonic()
+            kernel, initrd, cmdline, entry = kernel_of(d, tmp / label.strip(": "))
+            floors[label] = kernel, initrd, cmdline
+            print(f"{label}{d}: GRUB's default entry: {entry}; kernel {kernel.stat().st_size:,} bytes, initrd "
+                  f"{initrd.stat().st_size:,} bytes (copied out in {time.monotonic() - t0:.1f} s)", flush=True)
+
+        def floor(label: str, cmdline: str) -> dict:
+            kernel, initrd, _ = floors[label]
+            return {"disk": disks[label], "extra_args": ["-kernel", str(kernel), "-initrd", str(initrd),
+                                                         "-append", cmdline]}
+
+        variants: dict[str, dict] = {}
+        for label, d in disks.items():
+            variants[f"{label}bootloader"] = {"disk": d}
+            variants[f"{label}floor"] = floor(label, floors[label][2])
+        for other in args.compare:
+            variants[f"{other.name}: bootloader"] = {"disk": other}
+        changed = "today: " if args.today else ""
+        base_cmdline = floors[changed][2]
+        for arg in args.append:
+            variants[f"{changed}floor + {arg}"] = floor(changed, f"{base_cmdline} {arg}")
+        for arg in args.drop:
+            kept = [a for a in base_cmdline.split() if a != arg]
+            if len(kept) == len(base_cmdline.split()):
+                raise SystemExit(f"--drop {arg}: not in GRUB's command line {base_cmdline!r}")
+            variants[f"{changed}floor - {arg}"] = floor(changed, " ".join(kept))
+        if not args.no_qemu_options:
+            if accelerator == "tcg":
+                variants["bootloader + -accel tcg,thread=multi"] = {"disk": disk, "accel_opts": "tcg,thread=multi"}
+                variants["bootloader + -accel tcg,thread=single"] = {"disk": disk, "accel_opts": "tcg,thread=single"}
+                print("vCPU threads: " + "; ".join(
+                    f"{name.removeprefix('bootloader + ') if '+' in name else 'default'}: "
+                    f"{tcg_threads(vm_options, variants[name])}"
+                    for name in ("bootloader", "bootloader + -accel tcg,thread=multi",
+                                 "bootloader + -accel tcg,thread=single")), flush=True)
+            variants["bootloader + -cpu max"] = {"disk": disk, "cpu_model": "max"}
+            variants["bootloader + -device virtio-rng-pci"] = {"disk": disk,
+                                                               "extra_args": ["-device", "virtio-rng-pci"]}
+        bases = {f"build: {b.resolve().name} to SSH": b for b in args.base}
+        times: dict[str, list[float]] = {name: [] for name in [*variants, *bases]}
         for n in range(1, rounds + 1):
             for name, variant in variants.items():
-                seconds, _ = boot(disk, check, vm_options, variant)
+                seconds, _ = boot(check, vm_options, variant)
                 times[name].append(seconds)
                 print(f"round {n}: {name}: boot to HTTP {seconds:.1f} s", flush=True)
+            for name, base in bases.items():
+                times[name].append(boot_to_ssh(base, vm_options))
+                print(f"round {n}: {name}: {times[name][-1]:.1f} s", flush=True)
         med = {name: statistics.median(v) for name, v in times.items()}
-        today = med["bootloader"]
-        print(f"medians of {rounds} boots each (ratio to today's bootloader boot, {today:.1f} s):", flush=True)
-        for name in variants:
+        new = med["bootloader"]
+        print(f"medians of {rounds} boots each (ratio to the bootloader boot of {disk.name}, {new:.1f} s):",
+              flush=True)
+        for name in times:
             print(f"  {name}: {med[name]:.1f} s ({', '.join(f'{s:.1f}' for s in times[name])}) "
-                  f"ratio {med[name] / today:.3f}", flush=True)
-        ratio = today / med["floor"]
-        print(f"bootloader / floor = {today:.1f} / {med['floor']:.1f} s = {ratio:.3f} "
+                  f"ratio {med[name] / new:.3f}", flush=True)
+        for other in args.compare:
+            name = f"{other.name}: bootloader"
+            print(f"bootloader / {name} = {new:.1f} / {med[name]:.1f} s = {new / med[name]:.3f}", flush=True)
+        if len(bases) == 2:
+            (new_base, today_base) = bases
+            print(f"build's boot to SSH, {new_base.split()[1]} / {today_base.split()[1]} = "
+                  f"{med[new_base]:.1f} / {med[today_base]:.1f} s = {med[new_base] / med[today_base]:.3f}", flush=True)
+        ratio = new / med["floor"]
+        print(f"bootloader / floor = {new:.1f} / {med['floor']:.1f} s = {ratio:.3f} "
               f"(goal <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})", flush=True)
-        for name in ("bootloader", "floor"):
+        if args.today:
+            today = med["today: bootloader"]
+            print(f"bootloader / today's bootloader = {new:.1f} / {today:.1f} s = {new / today:.3f} "
+                  f"(goal <= 0.5: {'met' if new / today <= 0.5 else 'NOT met'}); today's bootloader / floor = "
+                  f"{today / med['today: floor']:.3f}", flush=True)
+            for arg in args.append:
+                name = f"today: floor + {arg}"
+                print(f"  {name} / today's floor = {med[name] / med['today: floor']:.3f}", flush=True)
+            for arg in args.drop:
+                name = f"today: floor - {arg}"
+                print(f"  {name} / today's floor = {med[name] / med['today: floor']:.3f}", flush=True)
+        for name in [n for n in variants if n.endswith(("bootloader", "floor"))]:
             with ephemeral_keypair("bakery-bench-boot") as key:
-                seconds, guest = boot(disk, check, vm_options, variants[name], ssh_key=key)
+                seconds, guest = boot(check, vm_options, variants[name], ssh_key=key)
             print(f"guest breakdown, {name} boot (fw_cfg key + SSH forward; boot to HTTP {seconds:.1f} s, "
                   f"not in the medians):", flush=True)
             print("  " + guest.replace("\n", "\n  "), flush=True)

@@ -422,7 +422,15 @@ def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path, t
             "cat /etc/bakery-release; getent shadow root | cut -d: -f2; "
             "sshd -T | grep -E '^(passwordauthentication|permitrootlogin) '; "
             "ls /etc/ssh/ssh_host_ed25519_key; systemctl is-enabled nginx; "
-            "test -s /etc/machine-id && echo machine-id-set",
+            "test -s /etc/machine-id && echo machine-id-set; "
+            # the base image's boot (issue 11): the cloud kernel, an initramfs with only the virtio disk's
+            # modules, no e2scrub_reap at boot, GRUB's text console, and no unit failed for any of that
+            "echo kernel=$(uname -r); echo e2scrub_reap=$(systemctl is-enabled e2scrub_reap.service); "
+            "echo gfxterm=$(grep -c gfxterm /boot/grub/grub.cfg); "
+            "echo initrd-modules=$(lsinitramfs /boot/initrd.img-$(uname -r) | grep '[.]ko' | "
+            "sed 's:.*/::' | sort | tr '\\n' ' '); "
+            "systemctl is-system-running --wait >/dev/null; "
+            "echo failed=$(systemctl --failed --no-legend --plain | wc -l)",
             deadline=time.monotonic() + 180,
         )
         assert "IMAGE_VERSION=2026.11.28-test" in out
@@ -431,6 +439,13 @@ def test_packer_build_then_boot_serves_nginx(base_image: Path, tmp_path: Path, t
         assert "permitrootlogin without-password" in out
         assert "/etc/ssh/ssh_host_ed25519_key" in out
         assert "enabled" in out and "machine-id-set" in out
+        facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and " " not in line.split("=")[0])
+        assert facts["kernel"].endswith("-cloud-amd64"), out
+        assert facts["e2scrub_reap"] == "masked", out
+        assert facts["gfxterm"] == "0", "GRUB's graphical terminal is configured"
+        modules = facts["initrd-modules"].split()
+        assert "virtio_blk.ko" in modules and len(modules) <= 10, f"not a host-only initramfs: {modules}"
+        assert facts["failed"] == "0", out
         pid = vm.pid
 
     assert pid is not None and not psutil.pid_exists(pid), "QEMU outlived QemuVM.stop()"
