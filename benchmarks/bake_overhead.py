@@ -41,6 +41,7 @@ def boot_to_http(disk: Path, check, memory_mb: int, cpus: int, accelerator: str,
     """Seconds from starting QEMU on ``disk`` (read-only, -snapshot) to the expected HTTP answer, polled
     the way the smoke test polls (``bakery.http_check.poll_http``)."""
     from bakery.http_check import poll_http
+    from bakery.targets.local import SMOKE_POLL_SECONDS
 
     from tests.airflow_stack import free_port
 
@@ -54,7 +55,7 @@ def boot_to_http(disk: Path, check, memory_mb: int, cpus: int, accelerator: str,
     vm = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
     try:
         result = poll_http(f"http://127.0.0.1:{port}{check.path}", check, log=quiet, started=t0,
-                           alive=lambda: vm.poll() is None)
+                           alive=lambda: vm.poll() is None, interval=SMOKE_POLL_SECONDS)
         if not result.passed:
             raise SystemExit(f"hand path: the booted image did not answer as expected: {result.detail}")
         return result.seconds

@@ -64,6 +64,9 @@ DISK_NAME = "disk.qcow2"
 META_NAME = "metadata.json"
 CHANNELS_NAME = "channels.json"
 STALE_PREFIXES = (".staging-", ".trash-", ".latest-")  # in-flight entries; stale unless locked
+# The smoke test asks every 0.5 s: a refused connection on loopback costs nothing, and its boot figure
+# is not quantised to poll_http's default of 2 s (meant for targets across a network).
+SMOKE_POLL_SECONDS = 0.5
 
 
 class GalleryError(RuntimeError):
@@ -261,9 +264,8 @@ class LocalTarget(Target):  # the Target interface's three-step smoke test and c
             name=name,
         ) as vm:
             url = f"http://127.0.0.1:{vm.host_port}{check.path}"
-            # every 0.5 s: a refused connection on loopback costs nothing, and the figure is not quantised
-            # to 2 s (the default, for targets across a network)
-            result = poll_http(url, check, log=log, started=started, alive=vm.is_running, interval=0.5)
+            result = poll_http(url, check, log=log, started=started, alive=vm.is_running,
+                               interval=SMOKE_POLL_SECONDS)
             tail = "" if result.passed else vm.serial_tail(15)
         after = sha256_file(disk)
         if after != before:
