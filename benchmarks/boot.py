@@ -162,16 +162,24 @@ def ssh_command(port: int, private_key: Path) -> list[str]:
             "-o", "ConnectTimeout=10", "root@127.0.0.1"]
 
 
-def guest_breakdown(port: int, private_key: Path) -> str:
-    ssh = ssh_command(port, private_key)
-    deadline = time.monotonic() + 300
+def first_login(ssh: list[str], seconds: float, interval: float, alive=lambda: True) -> str | None:
+    """Try ``ssh true`` until it succeeds (None) or ``seconds`` pass or ``alive()`` turns false (the last
+    attempt's error)."""
+    deadline = time.monotonic() + seconds
     while True:
         probe = subprocess.run([*ssh, "true"], capture_output=True, text=True, timeout=60, check=False)
         if probe.returncode == 0:
-            break
-        if time.monotonic() > deadline:
-            return f"(no SSH login within 300 s after HTTP answered: {probe.stderr.strip()})"
-        time.sleep(1)
+            return None
+        if time.monotonic() > deadline or not alive():
+            return probe.stderr.strip() or f"ssh exited {probe.returncode}"
+        time.sleep(interval)
+
+
+def guest_breakdown(port: int, private_key: Path) -> str:
+    ssh = ssh_command(port, private_key)
+    error = first_login(ssh, 300, 1)
+    if error is not None:
+        return f"(no SSH login within 300 s after HTTP answered: {error})"
     proc = subprocess.run([*ssh, GUEST_COMMANDS], capture_output=True, text=True, timeout=420, check=False)
     return (proc.stdout + proc.stderr).rstrip()
 
@@ -186,14 +194,10 @@ def boot_to_ssh(disk: Path, vm_options: dict) -> float:
         started = time.monotonic()
         options = {**vm_options, "fw_cfg": {"opt/bakery/authorized_keys": public}}
         with vm_class()(disk, guest_port=22, **options) as vm:
-            command = [*ssh_command(vm.host_port, private), "true"]
-            while time.monotonic() - started < 600:
-                if subprocess.run(command, capture_output=True, timeout=60, check=False).returncode == 0:
-                    return time.monotonic() - started
-                if not vm.is_running():
-                    break
-                time.sleep(POLL_SECONDS)
-            raise SystemExit(f"{disk}: no SSH login within 600 s\n{vm.serial_tail(15)}")
+            error = first_login(ssh_command(vm.host_port, private), 600, POLL_SECONDS, vm.is_running)
+            if error is not None:
+                raise SystemExit(f"{disk}: no SSH login within 600 s ({error})\n{vm.serial_tail(15)}")
+            return time.monotonic() - started
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -245,9 +249,10 @@ def main() -> None:
         disks = {"": disk, "today: ": args.today} if args.today else {"": disk}
         floors: dict[str, tuple[Path, Path, str]] = {}
         for label, d in disks.items():
-            (tmp / label.strip(": ")).mkdir(exist_ok=True)
+            folder = tmp / label.strip(": ")  # "" (the image) is tmp itself
+            folder.mkdir(exist_ok=True)
             t0 = time.monotonic()
-            kernel, initrd, cmdline, entry = kernel_of(d, tmp / label.strip(": "))
+            kernel, initrd, cmdline, entry = kernel_of(d, folder)
             floors[label] = kernel, initrd, cmdline
             print(f"{label}{d}: GRUB's default entry: {entry}; kernel {kernel.stat().st_size:,} bytes, initrd "
                   f"{initrd.stat().st_size:,} bytes (copied out in {time.monotonic() - t0:.1f} s)", flush=True)
@@ -263,15 +268,18 @@ def main() -> None:
             variants[f"{label}floor"] = floor(label, floors[label][2])
         for other in args.compare:
             variants[f"{other.name}: bootloader"] = {"disk": other}
-        changed = "today: " if args.today else ""
+        changed = "today: " if args.today else ""  # kernel arguments are measured on today's image if given
         base_cmdline = floors[changed][2]
+        cmdline_variants = []
         for arg in args.append:
-            variants[f"{changed}floor + {arg}"] = floor(changed, f"{base_cmdline} {arg}")
+            cmdline_variants.append(f"{changed}floor + {arg}")
+            variants[cmdline_variants[-1]] = floor(changed, f"{base_cmdline} {arg}")
         for arg in args.drop:
             kept = [a for a in base_cmdline.split() if a != arg]
             if len(kept) == len(base_cmdline.split()):
                 raise SystemExit(f"--drop {arg}: not in GRUB's command line {base_cmdline!r}")
-            variants[f"{changed}floor - {arg}"] = floor(changed, " ".join(kept))
+            cmdline_variants.append(f"{changed}floor - {arg}")
+            variants[cmdline_variants[-1]] = floor(changed, " ".join(kept))
         if not args.no_qemu_options:
             if accelerator == "tcg":
                 variants["bootloader + -accel tcg,thread=multi"] = {"disk": disk, "accel_opts": "tcg,thread=multi"}
@@ -284,7 +292,7 @@ def main() -> None:
             variants["bootloader + -cpu max"] = {"disk": disk, "cpu_model": "max"}
             variants["bootloader + -device virtio-rng-pci"] = {"disk": disk,
                                                                "extra_args": ["-device", "virtio-rng-pci"]}
-        bases = {f"build: {b.resolve().name} to SSH": b for b in args.base}
+        bases = {f"build: {b.resolve().name} to SSH": b for b in args.base}  # ordered as given
         times: dict[str, list[float]] = {name: [] for name in [*variants, *bases]}
         for n in range(1, rounds + 1):
             for name, variant in variants.items():
@@ -305,8 +313,8 @@ def main() -> None:
             name = f"{other.name}: bootloader"
             print(f"bootloader / {name} = {new:.1f} / {med[name]:.1f} s = {new / med[name]:.3f}", flush=True)
         if len(bases) == 2:
-            (new_base, today_base) = bases
-            print(f"build's boot to SSH, {new_base.split()[1]} / {today_base.split()[1]} = "
+            new_base, today_base = bases
+            print(f"build's boot to SSH, {args.base[0].resolve().name} / {args.base[1].resolve().name} = "
                   f"{med[new_base]:.1f} / {med[today_base]:.1f} s = {med[new_base] / med[today_base]:.3f}", flush=True)
         ratio = new / med["floor"]
         print(f"bootloader / floor = {new:.1f} / {med['floor']:.1f} s = {ratio:.3f} "
@@ -316,13 +324,9 @@ def main() -> None:
             print(f"bootloader / today's bootloader = {new:.1f} / {today:.1f} s = {new / today:.3f} "
                   f"(goal <= 0.5: {'met' if new / today <= 0.5 else 'NOT met'}); today's bootloader / floor = "
                   f"{today / med['today: floor']:.3f}", flush=True)
-            for arg in args.append:
-                name = f"today: floor + {arg}"
-                print(f"  {name} / today's floor = {med[name] / med['today: floor']:.3f}", flush=True)
-            for arg in args.drop:
-                name = f"today: floor - {arg}"
-                print(f"  {name} / today's floor = {med[name] / med['today: floor']:.3f}", flush=True)
-        for name in [n for n in variants if n.endswith(("bootloader", "floor"))]:
+        for name in cmdline_variants:
+            print(f"  {name} / {changed}floor = {med[name] / med[f'{changed}floor']:.3f}", flush=True)
+        for name in [f"{label}{kind}" for label in disks for kind in ("bootloader", "floor")]:
             with ephemeral_keypair("bakery-bench-boot") as key:
                 seconds, guest = boot(check, vm_options, variants[name], ssh_key=key)
             print(f"guest breakdown, {name} boot (fw_cfg key + SSH forward; boot to HTTP {seconds:.1f} s, "
