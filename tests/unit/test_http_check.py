@@ -1,0 +1,120 @@
+"""bakery.http_check.poll_http against real sockets: a request that hangs (what QEMU's user network does
+with a forwarded connection before the guest listens) does not delay the verdict; slow answers still pass;
+wrong answers, a stopped VM and the deadline fail with what was last seen."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bakery.http_check import ATTEMPT_TIMEOUT, poll_http
+from bakery.targets.base import SmokeCheck
+
+PAGE = b"<html><title>Welcome to nginx!</title></html>"
+
+
+class Server:
+    """Accepts every connection at once (as QEMU's slirp does for a forwarded port). A connection accepted
+    before ``ready_at`` is held open and never answered; later ones get ``status`` after ``delay`` s."""
+
+    def __init__(self, *, ready_after: float = 0.0, delay: float = 0.0, status: int = 200, body: bytes = PAGE):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.ready_at = time.monotonic() + ready_after
+        self.delay, self.status, self.body = delay, status, body
+        self.held: list[socket.socket] = []
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if time.monotonic() < self.ready_at:
+                self.held.append(conn)
+            else:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            time.sleep(self.delay)
+            reason = b"OK" if self.status == 200 else b"Error"
+            conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                         % (self.status, reason, len(self.body), self.body))
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[Server] = []
+
+    def make(**kwargs) -> Server:
+        servers.append(Server(**kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def url(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}/"
+
+
+def test_a_hanging_request_does_not_delay_the_verdict(serve) -> None:
+    server = serve(ready_after=2.0)
+    lines: list[str] = []
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=30), log=lines.append, interval=0.5)
+    assert result.passed, result.detail
+    assert len(server.held) >= 3  # the requests sent before it was ready are still waiting
+    # within one interval (and the machine's jitter) of the first answer, not after ATTEMPT_TIMEOUT
+    assert 2.0 <= result.seconds < 4.0 < ATTEMPT_TIMEOUT, result.seconds
+    assert "HTTP check passed" in lines[-1]
+
+
+def test_answers_slower_than_the_interval_still_pass(serve) -> None:
+    server = serve(delay=1.5)
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=30), log=lambda _: None, interval=0.5)
+    assert result.passed, result.detail
+    assert 1.5 <= result.seconds < 3.0
+    assert server.accepted >= 3  # the attempts overlapped: new ones were sent while the first one waited
+
+
+def test_a_wrong_answer_fails_at_the_deadline_with_what_it_got(serve) -> None:
+    server = serve(status=503, body=b"maintenance")
+    started = time.monotonic()
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=2), log=lambda _: None, interval=0.5)
+    assert not result.passed
+    assert 2.0 <= time.monotonic() - started < 3.0
+    assert result.status == 503
+    assert "expected HTTP 200 containing 'Welcome to nginx', got HTTP 503: maintenance" in result.detail
+
+
+def test_no_listener_fails_at_the_deadline(serve) -> None:
+    server = serve()
+    server.close()  # nothing listens on the port any more: refused
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=1), log=lambda _: None, interval=0.25)
+    assert not result.passed and result.status is None
+    assert "no good answer within 1s" in result.detail and "no HTTP answer" in result.detail
+
+
+def test_a_stopped_vm_ends_the_poll_early(serve) -> None:
+    server = serve(ready_after=60)
+    started = time.monotonic()
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=60), log=lambda _: None, interval=0.25,
+                       alive=lambda: time.monotonic() - started < 1.0)
+    assert not result.passed
+    assert result.seconds < 2.0
+    assert "VM stopped before the check passed" in result.detail
