@@ -51,6 +51,9 @@ class Server:
                          % (self.status, reason, len(self.body), self.body))
 
     def close(self) -> None:
+        if self.listener.fileno() == -1:
+            return  # closed already
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone leaves it listening
         self.listener.close()
         for conn in self.held:
             conn.close()
