@@ -13,6 +13,7 @@ from bakery.record import SmokeResult
 from bakery.targets.base import SmokeCheck
 
 EXCERPT = 300
+NO_ANSWER_YET = "no answer yet"
 
 
 def _excerpt(body: str) -> str:
@@ -39,6 +40,15 @@ def _fetch(url: str) -> tuple[int | None, str | None, str]:
         return None, None, f"no HTTP answer ({getattr(exc, 'reason', exc)})"
 
 
+def _last(detail: str, pending: dict[Future, float], now: float) -> str:
+    """The verdict's "last:" part: what the last answered request got, and the requests still unanswered (a
+    service that accepts connections and never answers leaves only those)."""
+    if not pending:
+        return detail
+    waiting = f"{len(pending)} request(s) sent and not answered, the oldest after {now - min(pending.values()):.1f}s"
+    return f"no HTTP answer ({waiting})" if detail == NO_ANSWER_YET else f"{detail}; {waiting}"
+
+
 def poll_http(
     url: str,
     check: SmokeCheck,
@@ -59,23 +69,24 @@ def poll_http(
     started = time.monotonic() if started is None else started
     deadline = started + check.timeout_seconds
     last_status: int | None = None
-    last_detail = "no answer yet"
+    last_detail = NO_ANSWER_YET
     attempts = 0
     next_attempt = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=math.ceil(ATTEMPT_TIMEOUT / max(interval, 0.1)) + 1,
                               thread_name_prefix="poll-http")
-    pending: set[Future] = set()
+    pending: dict[Future, float] = {}  # request -> when it was sent
     try:
         while True:
             if time.monotonic() >= next_attempt:
                 attempts += 1
-                pending.add(pool.submit(_fetch, url))
+                pending[pool.submit(_fetch, url)] = time.monotonic()
                 next_attempt = time.monotonic() + interval
                 if attempts == 1 or attempts % 10 == 0:
                     log(f"waiting for {url}: {last_detail}")
-            done, pending = wait(pending, timeout=max(0.0, min(next_attempt, deadline) - time.monotonic()),
-                                 return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=max(0.0, min(next_attempt, deadline) - time.monotonic()),
+                           return_when=FIRST_COMPLETED)
             for answered in done:
+                del pending[answered]
                 status, body, why = answered.result()
                 if body is None:
                     last_detail = why
@@ -90,10 +101,11 @@ def poll_http(
             now = time.monotonic()
             if not alive():
                 return SmokeResult(False, round(now - started, 2), last_status,
-                                   f"VM stopped before the check passed; last: {last_detail}")
+                                   f"VM stopped before the check passed; last: {_last(last_detail, pending, now)}")
             if now >= deadline:
                 return SmokeResult(False, round(now - started, 2), last_status,
-                                   f"no good answer within {check.timeout_seconds}s; last: {last_detail}")
+                                   f"no good answer within {check.timeout_seconds}s; "
+                                   f"last: {_last(last_detail, pending, now)}")
             if not pending:  # wait() returns at once on nothing pending
                 time.sleep(max(0.0, min(next_attempt, deadline) - now))
     finally:

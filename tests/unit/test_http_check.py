@@ -113,6 +113,24 @@ def test_no_listener_fails_at_the_deadline(serve) -> None:
     assert "no good answer within 1s" in result.detail and "no HTTP answer" in result.detail
 
 
+def test_a_service_that_accepts_and_never_answers_fails_as_no_http_answer(serve) -> None:
+    serve_hung = serve(ready_after=60)  # every connection accepted and held: a hung service
+    result = poll_http(url(serve_hung), SmokeCheck(timeout_seconds=1), log=lambda _: None, interval=0.25)
+    assert not result.passed and result.status is None
+    # no request finished before the deadline, and the verdict still says why
+    assert "no good answer within 1s; last: no HTTP answer (" in result.detail, result.detail
+    assert "request(s) sent and not answered, the oldest after 1." in result.detail, result.detail
+
+
+def test_a_wrong_answer_then_a_hang_reports_both(serve) -> None:
+    server = serve(status=503, body=b"maintenance")
+    lines: list[str] = []
+    threading.Timer(0.6, lambda: setattr(server, "ready_at", time.monotonic() + 60)).start()  # then it hangs
+    result = poll_http(url(server), SmokeCheck(timeout_seconds=2), log=lines.append, interval=0.25)
+    assert not result.passed and result.status == 503
+    assert "got HTTP 503: maintenance; " in result.detail and "not answered, the oldest after 1." in result.detail
+
+
 def test_a_stopped_vm_ends_the_poll_early(serve) -> None:
     server = serve(ready_after=60)
     started = time.monotonic()
