@@ -174,6 +174,9 @@ _MIRROR = {
                      "description": "a URL template of a date-addressed archive with {timestamp} "
                                     "(YYYYmmddTHHMMSSZ), e.g. http://snapshot.debian.org/archive/debian/{timestamp}"},
         "trusted": {"type": "boolean", "description": "true or false (true only for unsigned test archives)"},
+        "signed_by": {"type": "string", "pattern": r"^/[A-Za-z0-9._/+-]+$",
+                      "description": "an absolute path in the build guest to the keyring that signs this archive "
+                                     "(apt's signed-by), e.g. /usr/share/keyrings/debian-archive-keyring.gpg"},
     },
 }
 _PACKAGES = {
@@ -444,9 +447,17 @@ def _packages_spec(where: str, raw: dict[str, Any], problems: list[str]) -> Pack
                 problems.append(f"{fld}.suites': required for family deb: the archive's suites to read, e.g. "
                                 "[bookworm, bookworm-updates] (or set packages.family: rpm for an rpm repository)")
                 continue
+            if m.get("trusted") and m.get("signed_by"):
+                problems.append(f"{fld}': trusted and signed_by together: trusted: true skips the signature "
+                                "check that signed_by names the keyring for; keep one")
+                continue
             mirrors.append(Mirror(url=m["url"].rstrip("/"), suites=tuple(m["suites"]),
                                   components=tuple(m.get("components", ["main"])), snapshot=m.get("snapshot"),
-                                  trusted=bool(m.get("trusted", False))))
+                                  trusted=bool(m.get("trusted", False)), signed_by=m.get("signed_by")))
+            continue
+        if "signed_by" in m:
+            problems.append(f"{fld}.signed_by': not used for family rpm: dnf checks a repository with the keys "
+                            "of the guest's own repository configuration (gpgkey); remove signed_by")
             continue
         unused = [k for k in ("suites", "components") if k in m]
         if unused:

@@ -67,6 +67,27 @@ def test_the_shipped_catalogue_gives_the_azure_images_their_distributions_reposi
     assert "      # sbom:\n      #   conn_id: wasb_bakery_sboms" in text
 
 
+def test_signed_by_names_a_deb_archives_keyring_and_the_shipped_debian_mirrors_use_it():
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    spec = parse({"mirrors": [{"url": "http://deb.debian.org/debian", "suites": ["bookworm"], "signed_by": keyring}]})
+    assert spec.packages.mirrors[0].signed_by == keyring
+    assert parse({"mirrors": [{"url": "http://a/debian", "suites": ["bookworm"]}]}).packages.mirrors[0].signed_by is None
+    debian = load_catalogue(DEFAULT_CATALOGUE)["debian12-nginx"].packages.mirrors
+    assert [m.signed_by for m in debian] == [keyring, keyring]
+    (relative,) = problems({"mirrors": [{"url": "http://a/debian", "suites": ["bookworm"], "signed_by": "keyring.gpg"}]})
+    assert relative.startswith("image 'img', field 'packages.mirrors.0.signed_by': 'keyring.gpg' is not an absolute "
+                               "path in the build guest to the keyring that signs this archive"), relative
+    (spaced,) = problems({"mirrors": [{"url": "http://a/debian", "suites": ["bookworm"], "signed_by": "/a b] x"}]})
+    assert "field 'packages.mirrors.0.signed_by'" in spaced  # nothing can end apt's [options] early
+    assert problems({"mirrors": [{"url": "http://a/debian", "suites": ["bookworm"], "trusted": True,
+                                  "signed_by": keyring}]}) == [
+        "image 'img', field 'packages.mirrors.0': trusted and signed_by together: trusted: true skips the signature "
+        "check that signed_by names the keyring for; keep one"]
+    assert problems({"family": "rpm", "mirrors": [{"url": f"{ALMA}/BaseOS/x86_64/os", "signed_by": keyring}]}) == [
+        "image 'img', field 'packages.mirrors.0.signed_by': not used for family rpm: dnf checks a repository with the "
+        "keys of the guest's own repository configuration (gpgkey); remove signed_by"]
+
+
 def test_index_max_age_hours_defaults_to_6_and_refuses_out_of_range_values():
     assert parse({}).packages.index_max_age_hours == 6
     assert parse({"index_max_age_hours": 0}).packages.index_max_age_hours == 0

@@ -82,12 +82,15 @@ def test_a_backfill_uses_the_dated_snapshot_when_every_mirror_has_one(tmp_path):
 def test_guest_apt_config_points_every_source_at_the_package_server():
     srv = "http://10.0.2.2:4242"
     trusted = Mirror("http://127.0.0.1:9/debian", ("bookworm",), ("main", "contrib"), trusted=True)
-    sources, conf = guest_apt_config(Inputs("current", "x"), (DEBIAN, SECURITY, trusted), srv)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    signed = Mirror("http://127.0.0.1:8/debian", ("bookworm",), signed_by=keyring)
+    sources, conf = guest_apt_config(Inputs("current", "x"), (DEBIAN, SECURITY, trusted, signed), srv)
     assert sources.splitlines() == [
         "deb http://10.0.2.2:4242/u/0/ bookworm main",
         "deb http://10.0.2.2:4242/u/0/ bookworm-updates main",
         "deb http://10.0.2.2:4242/u/1/ bookworm-security main",
         "deb [trusted=yes] http://10.0.2.2:4242/u/2/ bookworm main contrib",
+        f"deb [signed-by={keyring}] http://10.0.2.2:4242/u/3/ bookworm main",
     ]
     assert "Check-Valid-Until" not in conf
     _, snap_conf = guest_apt_config(Inputs("snapshot", "x"), (SNAP,), srv)

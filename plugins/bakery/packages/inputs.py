@@ -39,6 +39,7 @@ class Mirror:
     components: tuple[str, ...] = ("main",)
     snapshot: str | None = None  # URL template with {timestamp}
     trusted: bool = False  # unsigned archive (test mirrors): apt's [trusted=yes]
+    signed_by: str | None = None  # the guest's keyring for this archive: apt's [signed-by=...]
 
     def snapshot_url(self, when: datetime) -> str:
         if not self.snapshot:
@@ -116,7 +117,9 @@ def guest_apt_config(inputs: Inputs, mirrors: Sequence[Mirror], server_url: str)
         return sources, conf
     lines = []
     for n, m in enumerate(mirrors):
-        opts = " [trusted=yes]" if m.trusted else ""
+        # signed-by: apt checks the archive against that one keyring, not every key of trusted.gpg.d through
+        # apt-key (measured in the guest under TCG: about 1.5 s per InRelease instead of 4.5 s)
+        opts = " [trusted=yes]" if m.trusted else f" [signed-by={m.signed_by}]" if m.signed_by else ""
         for suite in m.suites:
             lines.append(f"deb{opts} {server_url}/u/{n}/ {suite} {' '.join(m.components)}")
     conf = 'Acquire::Languages "none";\n'
