@@ -2,8 +2,8 @@
 
 * **hand path** (the floor): the same ``packer build`` with the same variables (the template folder
   and variables the DAG's ``prepare`` makes, an SSH key pair, the bakery's package server for the
-  guest's packages, as the DAG's ``build`` has them), a plain QEMU boot of the result (the smoke test's
-  QEMU options, ``-snapshot``) polled with HTTP until the catalogue's expected answer, and the copy of
+  guest's packages and its SSH relay, as the DAG's ``build`` has them), a plain QEMU boot of the result
+  (the smoke test's QEMU options, ``-snapshot``) polled with HTTP until the catalogue's expected answer, and the copy of
   the disk into a gallery folder as ``publish`` stores it (``qemu-img convert -c``, zstd, + fsync). Only those three are timed: the set-up before them is
   the part of ``prepare`` a person would also have to do, and ``prepare`` is timed on the DAG side.
 * **DAG**: ``airflow dags test bake_<image>`` with ``force_rebuild`` (the same as ``scripts/bake.sh``),
@@ -67,6 +67,7 @@ def boot_to_http(disk: Path, check, memory_mb: int, cpus: int, accelerator: str,
 def hand(spec, label: str) -> dict[str, float]:
     from bakery import bake
     from bakery.packages.inputs import Inputs, b64, guest_apt_config
+    from bakery.ssh_relay import SshRelay
     from bakery.sshkey import ephemeral_keypair
     from bakery.targets.local import LocalTarget
 
@@ -81,9 +82,10 @@ def hand(spec, label: str) -> dict[str, float]:
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bakery-hand-") as tmp_s, \
             ephemeral_keypair("bakery-bench-hand") as (private_key, public_key), \
-            bake.package_server(spec, inputs, log=quiet) as server:
+            bake.package_server(spec, inputs, log=quiet) as server, SshRelay() as relay:
         tmp = Path(tmp_s)
-        variables.update(ssh_private_key_file=str(private_key), ssh_public_key_file=str(public_key))
+        variables.update(ssh_private_key_file=str(private_key), ssh_public_key_file=str(public_key),
+                         ssh_relay_port=relay.port, ssh_forward_port=relay.forward_port)
         if server is not None:
             sources, conf = guest_apt_config(inputs, spec.packages.mirrors, server.guest_url())
             variables.update(apt_sources_b64=b64(sources), apt_conf_b64=b64(conf))

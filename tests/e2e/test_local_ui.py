@@ -262,10 +262,14 @@ def before_change(dest: Path) -> Path:
     return dest / IMAGE
 
 
-@pytest.mark.parametrize("template", ["rendered", "control: before the change"])
+@pytest.mark.parametrize("template", ["rendered", "rendered, with the SSH relay", "control: before the change"])
 @pytest.mark.guarantee("security-defaults")
 def test_a_running_build_listens_on_loopback_only(tmp_path, base_image, template):
-    folder = render(IMAGE, tmp_path / "packer" / IMAGE) if template == "rendered" else before_change(tmp_path / "packer")
+    from bakery.ssh_relay import SshRelay
+
+    rendered = template.startswith("rendered")
+    folder = render(IMAGE, tmp_path / "packer" / IMAGE) if rendered else before_change(tmp_path / "packer")
+    relay = SshRelay().__enter__() if template.endswith("relay") else None  # closed below
     key = Ed25519PrivateKey.generate()
     (tmp_path / "key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
     (tmp_path / "key").chmod(0o600)
@@ -275,6 +279,8 @@ def test_a_running_build_listens_on_loopback_only(tmp_path, base_image, template
                  "ssh_private_key_file": str(tmp_path / "key"), "ssh_public_key_file": str(tmp_path / "key.pub"),
                  "manifest_path": str(tmp_path / "manifest.json"), "image_version": "2026.1128.1",
                  "package_list_path": str(tmp_path / "packages.tsv"), "ssh_timeout": "3m"}
+    if relay:  # as the DAG's build runs it: Packer connects to the relay, QEMU forwards the relay's upstream port
+        variables.update(ssh_relay_port=relay.port, ssh_forward_port=relay.forward_port)
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PKR_VAR_")}, "CHECKPOINT_DISABLE": "1",
            "PACKER_CACHE_DIR": str(tmp_path / "cache")}
@@ -299,6 +305,9 @@ def test_a_running_build_listens_on_loopback_only(tmp_path, base_image, template
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # Packer stops QEMU and deletes its output
         proc.wait(timeout=180)
+        if relay:
+            relay_address = relay._listener.getsockname()
+            relay.close()
     print(f"\nlistening while QEMU ran ({template}): {sorted(seen)}")
     netdevs = [cmdline[i + 1] for i, a in enumerate(cmdline[:-1]) if a == "-netdev"]
     devices = [cmdline[i + 1] for i, a in enumerate(cmdline[:-1]) if a == "-device"]
@@ -306,7 +315,9 @@ def test_a_running_build_listens_on_loopback_only(tmp_path, base_image, template
     assert len(netdevs) == 1, cmdline
     ssh_port = int(netdevs[0].split("hostfwd=tcp:")[1].split(":")[1].split("-")[0])
     assert any(name == "qemu: build VM" and (proto, port) == ("tcp", ssh_port) for name, proto, _, port in seen), seen
-    if template == "rendered":
+    if relay:  # QEMU forwards the relay's upstream port; the relay (in the task's process) is on loopback too
+        assert ssh_port == relay.forward_port and relay_address == ("127.0.0.1", relay.port), (cmdline, relay_address)
+    if rendered:
         assert netdevs[0].startswith("user,id=user.0,hostfwd=tcp:127.0.0.1:"), cmdline
         assert beyond_loopback(seen) == [], f"listening beyond loopback: {beyond_loopback(seen)}"
     else:  # the check sees what the issue saw: Packer's own forward on every interface

@@ -203,16 +203,22 @@ class QemuPackerOperator(PackerOperator):
     def _build(self, context, rec: BakeRecord) -> dict[str, Any]:
         from bakery import bake
         from bakery.packages.inputs import Inputs, b64, guest_apt_config
+        from bakery.ssh_relay import SshRelay
 
         spec = _spec(rec.image)
         inputs = Inputs.from_dict(rec.inputs or {"kind": "current", "ref": "?"})
-        with bake.package_server(spec, inputs, log=self.log.info) as server:
+        with bake.package_server(spec, inputs, log=self.log.info) as server, SshRelay() as relay:
             if server is not None:
                 sources, conf = guest_apt_config(inputs, spec.packages.mirrors, server.guest_url())
                 self.variables = {**self.variables, "apt_sources_b64": b64(sources), "apt_conf_b64": b64(conf)}
                 self.log.info("the build installs packages from %s through the bakery's package server on %s",
                               inputs.label, server.url())
+            # Packer reaches the VM's sshd through the relay, which connects only once sshd answers
+            self.variables = {**self.variables, "ssh_relay_port": relay.port, "ssh_forward_port": relay.forward_port}
             result = super().execute(context)
+            if relay.connected_after:
+                self.log.info("SSH relay: Packer's first connection reached sshd after %.1fs",
+                              relay.connected_after[0])
         if server is not None:
             self.log.info(server.summary())
         manifest, packages = bake.capture_manifest(rec, self.log.info)
