@@ -154,6 +154,7 @@ def broken_template(ctx: Ctx, old: str, new: str) -> Path:
     assert text.count(old) == 1
     hcl.write_text(text.replace(old, new))
     ctx.values["hcl"] = str(hcl)
+    ctx.values["line"] = str(text[:text.index(old)].count("\n") + 1)  # the broken line's number in Packer's message
     return folder
 
 
@@ -387,13 +388,13 @@ TABLE = [
     Bad("template-syntax-error", "template syntax error",
         "QemuPackerOperator validate of a copy of debian12-nginx with `format = = \"qcow2\"`", syntax_error,
         ("AirflowFailException: packer validate of {tmp}/templates/debian12-nginx failed with exit code 1:",
-         "Error: Invalid expression", "on {hcl} line 22, in source \"qemu\" \"debian12\":",
-         "22:   format           = = \"qcow2\"",
+         "Error: Invalid expression", "on {hcl} line {line}, in source \"qemu\" \"debian12\":",
+         "{line}:   format           = = \"qcow2\"",
          "Expected the start of an expression, but found an invalid expression token."), packer="validate"),
     Bad("template-undeclared-variable", "template uses an unknown variable",
         "QemuPackerOperator validate of a copy of debian12-nginx using var.memroy", undeclared_variable,
         ("AirflowFailException: packer validate of {tmp}/templates/debian12-nginx failed with exit code 1:",
-         "Error: Unsupported attribute", "on {hcl} line 28:",
+         "Error: Unsupported attribute", "on {hcl} line {line}:",
          "This object does not have an attribute named \"memroy\"."), packer="validate"),
     Bad("catalogue-variable-undeclared", "catalogue sets a variable the template does not declare",
         "catalogue variables: {disk_sise: 20G}; the prepare task", catalogue_variable_not_in_template,
