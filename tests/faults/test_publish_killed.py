@@ -176,6 +176,15 @@ def qemu_img_writing(publisher: int) -> tuple[psutil.Process, Path] | None:
     return None
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped by a signal (state T in /proc/<pid>/task/*/stat)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 @pytest.mark.guarantee("publish-killed-local")
 @pytest.mark.needs_tools("qemu-img")
 def test_publish_killed_mid_convert_then_retried(tmp_path, big_qcow2):
@@ -192,6 +201,9 @@ def test_publish_killed_mid_convert_then_retried(tmp_path, big_qcow2):
                                   "the publisher's qemu-img to write 16 MB", interval=0.005)
         assert child.poll() is None, f"the publisher ended before it was killed: {child.stdout.read()}"
         qemu_img.send_signal(signal.SIGSTOP)  # frozen mid-write
+        # a write a thread had in the kernel when the signal came still completes: measure once every thread
+        # has stopped (seen once: the file grew by 64 KiB after a size read right after the signal)
+        wait_for(lambda: all_threads_stopped(qemu_img.pid), 10, "every qemu-img thread to stop", interval=0.005)
         at_kill = snapshot(gallery)
         written = half.stat().st_size
         child.send_signal(signal.SIGKILL)
