@@ -85,7 +85,7 @@ def hand(spec, label: str) -> dict[str, float]:
             bake.package_server(spec, inputs, log=quiet) as server, SshRelay() as relay:
         tmp = Path(tmp_s)
         variables.update(ssh_private_key_file=str(private_key), ssh_public_key_file=str(public_key),
-                         ssh_relay_port=relay.port, ssh_forward_port=relay.forward_port)
+                         **relay.packer_variables())
         if server is not None:
             sources, conf = guest_apt_config(inputs, spec.packages.mirrors, server.guest_url())
             variables.update(apt_sources_b64=b64(sources), apt_conf_b64=b64(conf))

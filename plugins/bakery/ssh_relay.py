@@ -16,20 +16,16 @@ and sshd.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from bakery.qemu import free_port
+
 ATTEMPT_TIMEOUT = 10.0  # how long one upstream connection may take to bring the banner
 CHUNK = 1 << 16
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for QEMU's forward, which binds it itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _attempt(port: int, stop: threading.Event) -> tuple[socket.socket, bytes] | None:
@@ -55,7 +51,7 @@ class SshRelay:
 
     def __init__(self, *, interval: float = 0.5, forward_port: int | None = None) -> None:
         self.interval = interval
-        self.forward_port = forward_port or free_loopback_port()
+        self.forward_port = forward_port or free_port()  # QEMU's forward binds it itself
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -63,6 +59,10 @@ class SshRelay:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.connected_after: list[float] = []  # per spliced connection: seconds from Packer's connect to sshd's banner
+
+    def packer_variables(self) -> dict[str, int]:
+        """The template's variables that make Packer connect through this relay (include/packer/shared/qemu)."""
+        return {"ssh_relay_port": self.port, "ssh_forward_port": self.forward_port}
 
     def __enter__(self) -> SshRelay:
         self._spawn(self._accept)
@@ -73,17 +73,11 @@ class SshRelay:
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
+        _shutdown(self._listener, socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
         with self._lock:
-            for sock in list(self._sockets):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            for sock in self._sockets:
+                _shutdown(sock, socket.SHUT_RDWR)
                 sock.close()
             self._sockets.clear()
         for thread in self._threads:
@@ -198,8 +192,10 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-            try:
-                sock.shutdown(how)
-            except OSError:
-                pass
+        _shutdown(dst, socket.SHUT_WR)
+        _shutdown(src, socket.SHUT_RD)
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    with contextlib.suppress(OSError):  # closed already, or the peer went away
+        sock.shutdown(how)

@@ -280,7 +280,7 @@ def test_a_running_build_listens_on_loopback_only(tmp_path, base_image, template
                  "manifest_path": str(tmp_path / "manifest.json"), "image_version": "2026.1128.1",
                  "package_list_path": str(tmp_path / "packages.tsv"), "ssh_timeout": "3m"}
     if relay:  # as the DAG's build runs it: Packer connects to the relay, QEMU forwards the relay's upstream port
-        variables.update(ssh_relay_port=relay.port, ssh_forward_port=relay.forward_port)
+        variables.update(relay.packer_variables())
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PKR_VAR_")}, "CHECKPOINT_DISABLE": "1",
            "PACKER_CACHE_DIR": str(tmp_path / "cache")}

@@ -13,50 +13,25 @@ import pytest
 
 from bakery.http_check import ATTEMPT_TIMEOUT, poll_http
 from bakery.targets.base import SmokeCheck
+from tests.slirp_standin import HoldingListener
 
 PAGE = b"<html><title>Welcome to nginx!</title></html>"
 
 
-class Server:
-    """Accepts every connection at once (as QEMU's slirp does for a forwarded port). A connection accepted
-    before ``ready_at`` is held open and never answered; later ones get ``status`` after ``delay`` s."""
+class Server(HoldingListener):
+    """A forwarded port (see HoldingListener) whose guest answers HTTP ``status`` after ``delay`` s."""
 
     def __init__(self, *, ready_after: float = 0.0, delay: float = 0.0, status: int = 200, body: bytes = PAGE):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.ready_at = time.monotonic() + ready_after
         self.delay, self.status, self.body = delay, status, body
-        self.held: list[socket.socket] = []
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(ready_after=ready_after)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            if time.monotonic() < self.ready_at:
-                self.held.append(conn)
-            else:
-                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             time.sleep(self.delay)
             reason = b"OK" if self.status == 200 else b"Error"
             conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                          % (self.status, reason, len(self.body), self.body))
-
-    def close(self) -> None:
-        if self.listener.fileno() == -1:
-            return  # closed already
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone leaves it listening
-        self.listener.close()
-        for conn in self.held:
-            conn.close()
 
 
 @pytest.fixture

@@ -13,46 +13,20 @@ from collections.abc import Iterator
 import pytest
 
 from bakery.ssh_relay import SshRelay
+from tests.slirp_standin import HoldingListener
 
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
 
 
-class Forward:
-    """Listens on ``port``. Connections accepted before ``ready_at`` are held, never answered; later ones
-    get BANNER, then every line they send back in upper case."""
+class Forward(HoldingListener):
+    """QEMU's forward of the guest's port 22 (see HoldingListener): once ready, sshd's BANNER, then every line
+    the client sends back in upper case."""
 
-    def __init__(self, port: int, ready_after: float) -> None:
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.ready_at = time.monotonic() + ready_after
-        self.held: list[socket.socket] = []
-        self.answered = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            if time.monotonic() < self.ready_at:
-                self.held.append(conn)
-            else:
-                self.answered += 1
-                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             conn.sendall(BANNER)
             while data := conn.recv(4096):
                 conn.sendall(data.upper())
-
-    def close(self) -> None:
-        if self.listener.fileno() == -1:
-            return
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for conn in self.held:
-            conn.close()
 
 
 @pytest.fixture
@@ -62,7 +36,7 @@ def relay() -> Iterator[SshRelay]:
 
 
 def test_an_early_client_gets_the_banner_when_a_fresh_connection_would(relay: SshRelay) -> None:
-    forward = Forward(relay.forward_port, ready_after=2.0)
+    forward = Forward(port=relay.forward_port, ready_after=2.0)
     try:
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", relay.port), timeout=15) as client:
@@ -82,7 +56,7 @@ def test_an_early_client_gets_the_banner_when_a_fresh_connection_would(relay: Ss
 
 
 def test_a_client_that_gives_up_stops_the_attempts_and_close_leaves_no_thread(relay: SshRelay) -> None:
-    forward = Forward(relay.forward_port, ready_after=60)
+    forward = Forward(port=relay.forward_port, ready_after=60)
     try:
         client = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
         client.sendall(b"SSH-2.0-Go\r\n")

@@ -214,7 +214,7 @@ class QemuPackerOperator(PackerOperator):
                 self.log.info("the build installs packages from %s through the bakery's package server on %s",
                               inputs.label, server.url())
             # Packer reaches the VM's sshd through the relay, which connects only once sshd answers
-            self.variables = {**self.variables, "ssh_relay_port": relay.port, "ssh_forward_port": relay.forward_port}
+            self.variables = {**self.variables, **relay.packer_variables()}
             result = super().execute(context)
             if relay.connected_after:
                 self.log.info("SSH relay: Packer's first connection reached sshd after %.1fs",
