@@ -12,6 +12,13 @@ it (a scheduled run has no one to fill them in), each against its JSON schema, w
 ``schedule=None`` skips; and a cron schedule makes a cron timetable. The floor without schedules
 (every DAG ``schedule=None``, what this benchmark measured first) is printed beside it for comparison.
 
+Where the gap to the floor goes: one more fill of each folder, not timed with the others, counts the
+deep copies of DAG Params and the CPU time spent in them. Airflow's ``apply_defaults`` (the wrapper
+``BaseOperatorMeta`` puts around the ``__init__`` of every operator class that defines one) deep-copies the
+DAG's Params once per such class in an operator's hierarchy: an EmptyOperator makes one copy, an operator
+with its own ``__init__`` two, a subclass of that three. Printed per catalogue size: the copies and their
+seconds in dags/ and in the floor, and that difference against the whole gap.
+
     python benchmarks/dag_parse_time.py [runs] [--cpu]
 
 --cpu: the parsing process's CPU time (user + system) instead of wall time, for a machine whose other
@@ -82,6 +89,27 @@ FLOOR = textwrap.dedent(
 )
 
 
+COPIES = textwrap.dedent(
+    """
+    # the deep copies of DAG Params a DagBag fill makes, and the CPU seconds spent in them
+    import sys, time
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.dag_processing.dagbag import DagBag
+    deepcopy, copies, seconds = ParamsDict.__deepcopy__, 0, 0.0
+    def counted(self, memo):
+        global copies, seconds
+        started = time.process_time()
+        try:
+            return deepcopy(self, memo)
+        finally:
+            copies, seconds = copies + 1, seconds + time.process_time() - started
+    ParamsDict.__deepcopy__ = counted
+    bag = DagBag(dag_folder=sys.argv[1])
+    assert not bag.import_errors, bag.import_errors
+    print(f"COPIES {copies} {seconds:.4f} {len(bag.dags)}")
+    """
+)
+
 CPU = "--cpu" in sys.argv
 
 
@@ -98,9 +126,18 @@ def fill(folder: Path, n: int, env: dict, shapes: Path | None = None) -> tuple[f
     return statistics.median(fills), int(dags)
 
 
-def measure(catalogue: Path | None, n: int, tmp: Path) -> tuple[float, float, float, int]:
+def param_copies(folder: Path, env: dict) -> tuple[int, float]:
+    """The deep copies of DAG Params one DagBag fill of ``folder`` makes, and their CPU seconds."""
+    out = subprocess.run([sys.executable, "-c", COPIES, str(folder)], env=env, capture_output=True, text=True,
+                         check=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("COPIES ")][-1]
+    copies, seconds = line.split()[1:3]
+    return int(copies), float(seconds)
+
+
+def measure(catalogue: Path | None, n: int, tmp: Path) -> tuple[float, float, float, int, dict]:
     """(dags/ fill, floor fill, floor fill without schedules, DAG count), each the median of ``n`` runs,
-    interleaved in one run."""
+    interleaved in one run, and the Params copies of one more fill of dags/ and of the floor."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
     if catalogue:
         env["BAKERY_CATALOGUE"] = str(catalogue)
@@ -116,7 +153,8 @@ def measure(catalogue: Path | None, n: int, tmp: Path) -> tuple[float, float, fl
         reals.append(fill(REPO / "dags", 1, env)[0])
         floors.append(fill(floor_dirs[True], 1, env)[0])
         unscheduled.append(fill(floor_dirs[False], 1, env)[0])
-    return statistics.median(reals), statistics.median(floors), statistics.median(unscheduled), dags
+    copies = {"dags": param_copies(REPO / "dags", env), "floor": param_copies(floor_dirs[True], env)}
+    return statistics.median(reals), statistics.median(floors), statistics.median(unscheduled), dags, copies
 
 
 def main() -> None:
@@ -137,12 +175,16 @@ def main() -> None:
                 cat = Path(tmp) / "catalogue.yaml"
                 cat.write_text(yaml.safe_dump({"version": 1, "images": {f"image-{i:03d}": dict(entry)
                                                                         for i in range(size)}}))
-            real, floor, unscheduled, dags = measure(cat, n, Path(tmp))
+            real, floor, unscheduled, dags, copies = measure(cat, n, Path(tmp))
         label = "shipped catalogue" if size is None else f"{size:3d} images"
         rows.append((size, real, dags))
         print(f"{label:18s}: {dags:4d} DAGs, dags/ {real * 1000:7.0f} ms, floor {floor * 1000:7.0f} ms, "
               f"ratio {real / floor:.2f}, per DAG {real / dags * 1000:.1f} ms (floor {floor / dags * 1000:.1f} ms); "
               f"unscheduled floor {unscheduled * 1000:.0f} ms, ratio {real / unscheduled:.2f}")
+        (own, own_s), (flo, flo_s) = copies["dags"], copies["floor"]
+        print(f"{'':18s}  deep copies of DAG Params (one fill more, CPU): dags/ {own} in {own_s * 1000:.0f} ms, "
+              f"floor {flo} in {flo_s * 1000:.0f} ms; the {own - flo} more copies take {(own_s - flo_s) * 1000:.0f} ms "
+              f"of the {(real - floor) * 1000:.0f} ms gap")
     per = {size: real / dags for size, real, dags in rows if size}
     print(f"per-DAG cost 200 vs 10 images: {per[200] / per[10]:.2f}x (flat: ~1)")
 
