@@ -61,6 +61,21 @@ def dags_test(dag_id: str, env: dict[str, str]) -> tuple[float, str]:
     return wall, proc.stdout + proc.stderr
 
 
+def floor_runs(dag_id: str, env: dict[str, str], runs: int) -> list[float]:
+    """Wall times of ``airflow dags test`` of the floor: ``dag_id``'s task graph (task ids and dependencies)
+    of EmptyOperators, after one warm-up run (first parse, DB rows)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
+    tasks = [t.task_id for t in dag.tasks]
+    edges = [(t.task_id, d) for t in dag.tasks for d in sorted(t.downstream_task_ids)]
+    with tempfile.TemporaryDirectory() as floor_dir:
+        Path(floor_dir, "floor.py").write_text(FLOOR_DAG.format(tasks=tasks, edges=edges))
+        floor_env = {**env, "AIRFLOW__CORE__DAGS_FOLDER": floor_dir}
+        dags_test("floor_nightly", floor_env)
+        return [dags_test("floor_nightly", floor_env)[0] for _ in range(runs)]
+
+
 def main() -> int:
     image = sys.argv[1] if len(sys.argv) > 1 else "debian12-nginx"
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -75,18 +90,7 @@ def main() -> int:
         return 2
     dag_id = f"bake_{image.replace('-', '_')}"
     env = dict(os.environ)
-
-    # the floor: the same task graph, doing nothing
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
-    tasks = [t.task_id for t in dag.tasks]
-    edges = [(t.task_id, d) for t in dag.tasks for d in sorted(t.downstream_task_ids)]
-    with tempfile.TemporaryDirectory() as floor_dir:
-        Path(floor_dir, "floor.py").write_text(FLOOR_DAG.format(tasks=tasks, edges=edges))
-        floor_env = {**env, "AIRFLOW__CORE__DAGS_FOLDER": floor_dir}
-        dags_test("floor_nightly", floor_env)  # warm-up (first parse, DB rows)
-        floors = [dags_test("floor_nightly", floor_env)[0] for _ in range(runs)]
+    floors = floor_runs(dag_id, env, runs)
 
     seen: set[int] = set()
     walls, out = [], ""
