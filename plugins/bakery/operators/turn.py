@@ -18,6 +18,17 @@ def _me(context: Any) -> Holder:
     return Holder(dag_id=context["dag"].dag_id, run_id=context["run_id"])
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether Airflow answered that the run does not exist. A supervised task gets the execution API's
+    error with its status in the message; in-process (``airflow dags test``, ``airflow tasks test``) the
+    API client's ServerResponseError reaches the task as it is: 'Server returned error', the 404 in its
+    response and the reason in its ``detail``."""
+    if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+        return True
+    text = f"{exc} {getattr(exc, 'detail', '')}".lower()
+    return "404" in text or "not found" in text or "not_found" in text
+
+
 class WaitForTurnSensor(BaseSensorOperator):
     """Takes the image's turn: done when no other active run of this image holds it."""
 
@@ -32,8 +43,7 @@ class WaitForTurnSensor(BaseSensorOperator):
         try:
             state = context["ti"].get_dagrun_state(dag_id=holder.dag_id, run_id=holder.run_id)
         except Exception as exc:  # noqa: BLE001 - a run that no longer exists holds nothing
-            text = str(exc).lower()
-            if "404" in text or "not found" in text or "not_found" in text:
+            if _not_found(exc):
                 return False
             raise
         return str(getattr(state, "value", state)).lower() in ACTIVE_STATES
