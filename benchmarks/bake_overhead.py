@@ -130,7 +130,9 @@ def hand(spec, label: str) -> dict[str, float]:
 def dag(spec) -> dict[str, float]:
     from stage_times import latest_run
 
-    dag_id = f"bake_{spec.name.replace('-', '_')}"
+    from bakery.gallery import dag_id_of
+
+    dag_id = dag_id_of(spec.name)
     t0 = time.monotonic()
     proc = subprocess.run(["airflow", "dags", "test", dag_id, "-c", json.dumps({"force_rebuild": True})],
                           capture_output=True, text=True, timeout=3600, check=False)
@@ -171,7 +173,9 @@ def main() -> None:
     # API `dags test` starts before its first task, each task's round trip; none of it is the bakery's code
     from unchanged_nightly import floor_runs
 
-    airflow = statistics.median(floor_runs(f"bake_{spec.name.replace('-', '_')}", dict(os.environ), 3))
+    from bakery.gallery import dag_id_of
+
+    airflow = statistics.median(floor_runs(dag_id_of(spec.name), dict(os.environ), 3))
     print(f"Airflow's own cost of a run (`airflow dags test` of the same task graph of EmptyOperators, median of 3): "
           f"{airflow:.1f} s; DAG - hand path = {by_dag['total'] - floor:.1f} s; the goal allows "
           f"{0.05 * floor:.1f} s. DAG / (hand path + Airflow's own cost) = {by_dag['total'] / (floor + airflow):.3f}")

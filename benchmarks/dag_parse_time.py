@@ -106,11 +106,17 @@ COPIES = textwrap.dedent(
     ParamsDict.__deepcopy__ = counted
     bag = DagBag(dag_folder=sys.argv[1])
     assert not bag.import_errors, bag.import_errors
-    print(f"COPIES {copies} {seconds:.4f} {len(bag.dags)}")
+    print(f"COPIES {copies} {seconds:.4f}")
     """
 )
 
 CPU = "--cpu" in sys.argv
+
+
+def probe(argv: list[str], env: dict, tag: str) -> list[str]:
+    """Run a probe interpreter; the fields of its last ``<tag> ...`` line."""
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    return [ln for ln in out.stdout.splitlines() if ln.startswith(f"{tag} ")][-1].split()[1:]
 
 
 def fill(folder: Path, n: int, env: dict, shapes: Path | None = None) -> tuple[float, int]:
@@ -119,19 +125,14 @@ def fill(folder: Path, n: int, env: dict, shapes: Path | None = None) -> tuple[f
     fills, dags = [], 0
     for i in range(n):
         argv = [sys.executable, "-c", PROBE, str(folder)] + ([str(shapes)] if shapes and i == 0 else [])
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        wall, cpu, dags = line.split()[1:]
+        wall, cpu, dags = probe(argv, env, "RESULT")
         fills.append(float(cpu if CPU else wall))
     return statistics.median(fills), int(dags)
 
 
 def param_copies(folder: Path, env: dict) -> tuple[int, float]:
     """The deep copies of DAG Params one DagBag fill of ``folder`` makes, and their CPU seconds."""
-    out = subprocess.run([sys.executable, "-c", COPIES, str(folder)], env=env, capture_output=True, text=True,
-                         check=True)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("COPIES ")][-1]
-    copies, seconds = line.split()[1:3]
+    copies, seconds = probe([sys.executable, "-c", COPIES, str(folder)], env, "COPIES")
     return int(copies), float(seconds)
 
 

@@ -79,6 +79,7 @@ def floor_runs(dag_id: str, env: dict[str, str], runs: int) -> list[float]:
 def main() -> int:
     image = sys.argv[1] if len(sys.argv) > 1 else "debian12-nginx"
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    from bakery.gallery import dag_id_of
     from bakery.paths import bakery_home
     from bakery.targets.local import LocalTarget
 
@@ -88,7 +89,7 @@ def main() -> int:
         print(f"{image} has no published version with a package manifest in {target.gallery}: run "
               "scripts/bake.sh first", file=sys.stderr)
         return 2
-    dag_id = f"bake_{image.replace('-', '_')}"
+    dag_id = dag_id_of(image)
     env = dict(os.environ)
     floors = floor_runs(dag_id, env, runs)
 
