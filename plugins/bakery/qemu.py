@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,18 @@ _QCOW2_MAGIC = b"QFI\xfb"
 _PORT_RETRIES = 5
 # Seconds to watch for QEMU dying on start (e.g. its forwarded port was taken meanwhile).
 _EARLY_EXIT_WINDOW = 1.0
+
+
+# The guest kernel's watchdog line for a CPU that stopped scheduling: under TCG a boot now and then
+# hangs with every vCPU in it (seen about once in 76 boots of the debian12 image on this machine kind,
+# (udev-worker) about 8 s into the boot), and never comes back.
+_SOFT_LOCKUP = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s!.*")
+
+
+def soft_lockup(console: str) -> str | None:
+    """The kernel's soft-lockup report in ``console`` (serial console text), or None."""
+    found = _SOFT_LOCKUP.search(console)
+    return found.group(0).strip() if found else None
 
 
 class QemuError(RuntimeError):
@@ -285,6 +298,10 @@ class QemuVM:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def locked_up(self) -> str | None:
+        """The guest kernel's soft-lockup report if its serial console shows one (see ``soft_lockup``)."""
+        return soft_lockup(self.serial_tail(40))
 
     def __enter__(self) -> Self:
         return self.start()
